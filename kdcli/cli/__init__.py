@@ -1,0 +1,1 @@
+"""The typer application. Importing it must stay cheap: no torch, pyarrow or numpy here."""

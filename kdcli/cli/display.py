@@ -1,0 +1,70 @@
+"""Terminal output: the rich progress bar (as training callbacks) and summary tables."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class ProgressBar:
+    """Training callbacks drawing a rich progress bar on stderr; silent when not a TTY or quiet."""
+
+    def __init__(self, description: str, quiet: bool = False):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.description = description
+        self.progress: Progress | None = None
+        self.task = None
+        self.last = ""
+
+    def __enter__(self):
+        if self.enabled:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(),
+                                     TimeRemainingColumn(), console=err_console, transient=True)
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+
+    def on_start(self, total_steps: int, done_steps: int) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task(self.description, total=total_steps,
+                                               completed=done_steps, metrics="")
+
+    def on_step(self, step: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step)
+
+    def on_epoch(self, row: dict) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, metrics=f"epoch {row['epoch']} test acc {row['test_acc']:.4f}")
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def run_summary(title: str, run: dict) -> Table:
+    """The final summary of a training run."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    sub = run["subset"]
+    table.add_row("run dir", run.get("dir", ""))
+    table.add_row("dataset", f"{run['dataset']['name']} (n_T = {sub['n_pool']})")
+    table.add_row("model", f"{run['model']['name']} ({run['model']['parameters']:,} parameters)")
+    table.add_row("κ / train samples", f"{sub['kappa']:g} / {sub['size']}")
+    table.add_row("seed / subset seed", f"{run['config']['seed']} / {sub['seed']}")
+    for key, value in run["final"].items():
+        table.add_row(key, fmt(value))
+    return table

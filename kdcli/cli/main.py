@@ -1,0 +1,60 @@
+"""Entry point: the typer app, and the one place library errors become messages."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from kdcli import __version__
+from kdcli.errors import KdcliError
+
+app = typer.Typer(
+    name="kdcli",
+    help="Knowledge-distillation research toolkit: how distillation depends on dataset size.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kdcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """kdcli: train-teacher → train-labels (hard labels on a κ subset of the teacher's pool)."""
+
+
+def _register() -> None:
+    from kdcli.cli import train  # noqa: F401  (defines the commands on `app`)
+
+
+_register()
+
+
+def main() -> None:
+    """Console script: library errors print one red `Error:` line and exit non-zero."""
+    try:
+        app(standalone_mode=False)
+    except KdcliError as exc:
+        if os.environ.get("KDCLI_DEBUG"):
+            raise
+        from kdcli.cli.display import err_console
+
+        err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

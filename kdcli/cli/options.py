@@ -1,0 +1,56 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from kdcli.errors import ConfigError
+
+Out = Annotated[str, typer.Option("--out", "-o", help="Run directory to create.")]
+Dataset = Annotated[Optional[str], typer.Option(
+    help="Dataset: mnist1d (default, generated offline), digits, cifar10, cifar100, parquet-images.")]
+DatasetArg = Annotated[Optional[list[str]], typer.Option(
+    "--dataset-arg", help="Dataset argument KEY=VALUE (repeatable), e.g. n_train=40000.")]
+DataDir = Annotated[Optional[str], typer.Option(help="Folder holding the dataset's files (never downloaded).")]
+Model = Annotated[Optional[str], typer.Option(
+    help="Model: mlp, cnn1d, cnn, resnet20, resnet56, resnet_cifar, test_*, or tv:NAME (torchvision).")]
+ModelArg = Annotated[Optional[list[str]], typer.Option(
+    "--model-arg", help="Model argument KEY=VALUE (repeatable), e.g. channels=64.")]
+Seed = Annotated[int, typer.Option(help="Seed of the initial weights, batch order and augmentation.")]
+Epochs = Annotated[Optional[int], typer.Option(help="Epochs over the training set.")]
+Steps = Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")]
+BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
+Optimizer = Annotated[str, typer.Option(help="sgd (Nesterov momentum) or adamw.")]
+Lr = Annotated[float, typer.Option(help="Peak learning rate.")]
+Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
+WeightDecay = Annotated[float, typer.Option(help="Weight decay.")]
+Schedule = Annotated[str, typer.Option(help="cosine, step (×gamma at 50% and 75%) or constant.")]
+WarmupEpochs = Annotated[float, typer.Option(help="Linear warm-up length in epochs.")]
+LabelSmoothing = Annotated[float, typer.Option(help="Label smoothing ε of the cross-entropy.")]
+GradClip = Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this value.")]
+Augment = Annotated[bool, typer.Option(
+    "--augment/--no-augment", help="Random crop (padding 4) and horizontal flip; image datasets only.")]
+EvalEvery = Annotated[int, typer.Option(help="Evaluate and checkpoint every N epochs (and after the last).")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")]
+Threads = Annotated[Optional[int], typer.Option(
+    help="CPU threads; default 1 for models under 1M parameters (faster on few cores), else all.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo a completed or interrupted run.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")]
+
+
+def parse_kv(items: list[str] | None, flag: str) -> dict:
+    """KEY=VALUE pairs; values are read as JSON when they parse (numbers, lists), else as text."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out

@@ -1,0 +1,88 @@
+"""Stage configs: frozen dataclasses whose validation names the flag at fault."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from kdcli.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a `train-teacher` / `train-labels` run."""
+
+    out: str
+    stage: str = "train-labels"
+    dataset: str | None = None  # None: the teacher's dataset, else mnist1d
+    dataset_args: dict = field(default_factory=dict)
+    data_dir: str | None = None
+    model: str | None = None  # None: the teacher's model (self-distillation), else cnn1d
+    model_args: dict = field(default_factory=dict)
+    teacher: str | None = None  # a teacher run dir: dataset, n_T and pool come from it
+    kappa: float = 1.0
+    subset_seed: int = 0
+    seed: int = 0
+    epochs: int | None = 30
+    steps: int | None = None  # overrides epochs: train exactly this many optimizer steps
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training, for --schedule step
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    augment: bool = False
+    eval_every: int = 1  # evaluate (and checkpoint) every N epochs, and always after the last
+    eval_batch_size: int = 2048
+    device: str = "auto"
+    threads: int | None = None  # None: chosen from the model size (see train/device.py)
+    overwrite: bool = False
+    resume: bool = False
+
+    def __post_init__(self):
+        def need(cond: bool, flag: str, what: str, value) -> None:
+            if not cond:
+                raise ConfigError(f"{flag} {value}: expected {what}")
+
+        need(math.isfinite(self.kappa) and self.kappa > 0, "--kappa", "a number > 0", self.kappa)
+        need(self.epochs is None or self.epochs >= 1, "--epochs", "an integer ≥ 1", self.epochs)
+        need(self.steps is None or self.steps >= 1, "--steps", "an integer ≥ 1", self.steps)
+        need(self.epochs is not None or self.steps is not None, "--epochs", "--epochs or --steps", None)
+        need(self.batch_size >= 1, "--batch-size", "an integer ≥ 1", self.batch_size)
+        need(self.eval_every >= 1, "--eval-every", "an integer ≥ 1", self.eval_every)
+        need(self.eval_batch_size >= 1, "--eval-batch-size", "an integer ≥ 1", self.eval_batch_size)
+        need(self.optimizer in OPTIMIZERS, "--optimizer", " or ".join(OPTIMIZERS), self.optimizer)
+        need(self.schedule in SCHEDULES, "--schedule", ", ".join(SCHEDULES), self.schedule)
+        need(self.lr > 0, "--lr", "a learning rate > 0", self.lr)
+        need(self.weight_decay >= 0, "--weight-decay", "a value ≥ 0", self.weight_decay)
+        need(0 <= self.momentum < 1, "--momentum", "a value in [0, 1)", self.momentum)
+        need(self.warmup_epochs >= 0, "--warmup-epochs", "a value ≥ 0", self.warmup_epochs)
+        need(0 <= self.label_smoothing < 1, "--label-smoothing", "a value in [0, 1)", self.label_smoothing)
+        need(self.grad_clip is None or self.grad_clip > 0, "--grad-clip", "a norm > 0", self.grad_clip)
+        need(self.threads is None or self.threads >= 1, "--threads", "an integer ≥ 1", self.threads)
+        need(not (self.overwrite and self.resume), "--resume", "either --resume or --overwrite, not both", "")
+        if self.stage == "train-teacher":
+            need(self.kappa == 1.0, "--kappa", "1 for a teacher (it trains on the whole pool)", self.kappa)
+            need(self.teacher is None, "--teacher", "no teacher for train-teacher", self.teacher)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def training_fields(self) -> dict:
+        """The fields that change the trained weights (compared on --resume)."""
+        d = self.to_dict()
+        for k in ("out", "overwrite", "resume", "device", "threads", "eval_batch_size"):
+            d.pop(k)
+        return d

@@ -1,0 +1,45 @@
+"""Dataset registry: name -> builder taking plain keyword arguments."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from kdcli.errors import ConfigError
+
+DATASETS: dict[str, Callable] = {}
+
+
+def register_dataset(name: str):
+    def deco(fn):
+        DATASETS[name] = fn
+        return fn
+    return deco
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers their datasets.
+    from kdcli.data import cifar, digits, mnist1d, parquet_images  # noqa: F401
+
+
+def dataset_names() -> list[str]:
+    _load_builtin()
+    return sorted(DATASETS)
+
+
+def build_dataset(name: str, args: dict | None = None, data_dir: str | None = None):
+    """Build a dataset by name; unknown names and arguments raise ConfigError."""
+    _load_builtin()
+    if name not in DATASETS:
+        raise ConfigError(f"--dataset: unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    builder = DATASETS[name]
+    args = dict(args or {})
+    params = inspect.signature(builder).parameters
+    accepted = [p for p in params if p != "data_dir"]
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        raise ConfigError(f"--dataset-arg: dataset {name!r} takes no argument {', '.join(unknown)}; "
+                          f"it accepts {', '.join(accepted) or 'none'}")
+    if "data_dir" in params:
+        return builder(data_dir=data_dir, **args)
+    return builder(**args)

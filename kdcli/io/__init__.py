@@ -1,0 +1,1 @@
+"""Reading and writing artifacts: atomic files, checkpoints, Parquet, provenance."""

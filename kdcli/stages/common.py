@@ -1,0 +1,176 @@
+"""What every training stage does around the loop: resolve inputs, guard the run
+dir, write the artifacts, and write run.json last."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kdcli.config import TrainConfig
+from kdcli.data import Dataset, Subset, build_dataset, kappa_subset
+from kdcli.errors import ArtifactError, ConfigError
+from kdcli.io import runs
+from kdcli.io.atomic import write_json
+from kdcli.io.checkpoint import save_model
+from kdcli.io.hashing import sha256_file
+from kdcli.io.provenance import now_iso, provenance
+from kdcli.io.tables import write_metrics, write_table
+from kdcli.models import build_model, resolve_model_args
+from kdcli.train.device import choose_threads, select_device
+from kdcli.train.state import clear_state
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    skipped: bool  # a completed run dir was found and left alone
+    run: dict  # the run.json contents
+    rows: list[dict] = field(default_factory=list)
+
+
+def guard_run_dir(cfg: TrainConfig) -> str:
+    """Decide what to do with --out before anything is written: 'skip', 'fresh' or 'resume'."""
+    status = runs.run_status(cfg.out)
+    if status == "foreign":
+        raise ArtifactError(f"--out {cfg.out}: exists and is not a kdcli run directory; "
+                            "choose an empty or new directory")
+    if status == "complete":
+        return "fresh" if cfg.overwrite else "skip"
+    if status == "partial":
+        if cfg.overwrite:
+            return "fresh"
+        if not cfg.resume:
+            raise ArtifactError(f"--out {cfg.out}: holds an interrupted run; pass --resume to continue "
+                                "it or --overwrite to start again")
+        if not (Path(cfg.out) / runs.CKPT_STATE).is_file():
+            raise ArtifactError(f"--out {cfg.out}: interrupted before its first checkpoint; "
+                                "nothing to resume, use --overwrite")
+        saved = json.loads((Path(cfg.out) / runs.CKPT_STATE).read_text()).get("config")
+        current = json.loads(json.dumps(cfg.training_fields()))
+        if saved != current:
+            changed = sorted(k for k in current if saved is None or saved.get(k) != current[k])
+            raise ArtifactError(f"--resume: {cfg.out} was started with different settings "
+                                f"({', '.join(changed)}); use the same flags or --overwrite")
+        return "resume"
+    if cfg.resume:
+        raise ArtifactError(f"--resume: {cfg.out} holds no run to resume")
+    return "fresh"
+
+
+def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, dict | None]:
+    """The dataset (the teacher's, when --teacher is given) and the teacher's run.json."""
+    teacher = runs.read_run(cfg.teacher) if cfg.teacher else None
+    if teacher is None:
+        cfg = cfg.replace(dataset=cfg.dataset or "mnist1d", model=cfg.model or "cnn1d")
+        return cfg, build_dataset(cfg.dataset, cfg.dataset_args, cfg.data_dir), None
+    tdata = teacher["dataset"]
+    if cfg.dataset not in (None, tdata["name"]):
+        raise ConfigError(f"--dataset {cfg.dataset}: the teacher {cfg.teacher} was trained on "
+                          f"{tdata['name']!r}; a student's κ must refer to the teacher's pool")
+    if cfg.dataset_args and cfg.dataset_args != {k: tdata["args"].get(k) for k in cfg.dataset_args}:
+        raise ConfigError(f"--dataset-arg: differs from the teacher's dataset arguments {tdata['args']}")
+    builder_args = {k: v for k, v in tdata["args"].items() if k != "generator"}
+    dataset = build_dataset(tdata["name"], builder_args, cfg.data_dir or tdata["data_dir"])
+    if dataset.fingerprint != tdata["fingerprint"]:
+        raise ArtifactError(f"--teacher {cfg.teacher}: dataset fingerprint mismatch; the data at "
+                            f"{dataset.data_dir or 'the generator'} is not what the teacher was trained on")
+    cfg = cfg.replace(dataset=tdata["name"], dataset_args=builder_args,
+                      data_dir=dataset.data_dir, model=cfg.model or teacher["model"]["name"])
+    if cfg.model == teacher["model"]["name"] and not cfg.model_args:
+        cfg = cfg.replace(model_args=_own_args(teacher["model"]["args"]))
+    return cfg, dataset, teacher
+
+
+def _own_args(args: dict) -> dict:
+    return {k: v for k, v in args.items() if k not in ("num_classes", "input_shape")}
+
+
+def make_model(cfg: TrainConfig, dataset: Dataset, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Build the model with weights drawn from --seed, identically for paired runs."""
+    args = resolve_model_args(cfg.model, dataset.num_classes, dataset.input_shape, cfg.model_args)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, **args)
+    torch.set_num_threads(choose_threads(model, cfg.threads) if device.type == "cpu" else
+                          torch.get_num_threads())
+    return model.to(device), args
+
+
+@dataclass
+class Prepared:
+    """A training stage's inputs, all resolved and checked."""
+
+    cfg: TrainConfig
+    dataset: Dataset
+    teacher: dict | None
+    subset: Subset
+    model: torch.nn.Module
+    model_args: dict
+    device: torch.device
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Everything a training stage needs, resolved before anything touches --out."""
+    cfg, dataset, teacher = resolve_data(cfg)
+    subset = kappa_subset(dataset, cfg.kappa, cfg.subset_seed)
+    device = select_device(cfg.device)
+    model, model_args = make_model(cfg, dataset, device)
+    return Prepared(cfg, dataset, teacher, subset, model, model_args, device)
+
+
+def start_run_dir(cfg: TrainConfig, action: str) -> Path:
+    out = Path(cfg.out)
+    if action == "fresh" and out.exists():
+        # --overwrite: drop the completion marker first so a half-replaced dir never looks complete.
+        (out / runs.RUN_JSON).unlink(missing_ok=True)
+        for name in (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE):
+            (out / name).unlink(missing_ok=True)
+        clear_state(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def finish_run(cfg: TrainConfig, out: Path, *, stage_info: dict, model: torch.nn.Module,
+               model_args: dict, dataset: Dataset, subset: Subset, rows: list[dict],
+               started: str, inputs: dict, teacher: dict | None) -> dict:
+    run_id = uuid.uuid4().hex[:16]
+    data = dataset.describe()
+    save_model(out / runs.MODEL_FILE, model, model_name=cfg.model, model_args=model_args,
+               dataset=data, run_id=run_id, num_classes=dataset.num_classes)
+    common_meta = {"format_version": str(runs.RUN_FORMAT_VERSION), "run_id": run_id,
+                   "dataset_fingerprint": data["fingerprint"]}
+    write_metrics(out / runs.METRICS_FILE, rows, {"format": "kdcli-metrics", **common_meta})
+    write_table(out / runs.SUBSET_FILE, {"index": subset.indices},
+                {"format": "kdcli-subset", **common_meta, "kappa": str(subset.kappa),
+                 "subset_seed": str(subset.seed), "n_pool": str(subset.n_pool), "sha256": subset.sha256})
+    run = {
+        "format": "kdcli-run",
+        "format_version": runs.RUN_FORMAT_VERSION,
+        "run_id": run_id,
+        "stage": cfg.stage,
+        **stage_info,
+        "config": cfg.to_dict(),
+        "dataset": data,
+        "model": {"name": cfg.model, "args": model_args,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "subset": {"kappa": cfg.kappa, "seed": cfg.subset_seed, "size": len(subset.split),
+                   "n_pool": subset.n_pool, "sha256": subset.sha256, "file": runs.SUBSET_FILE},
+        "teacher": None if teacher is None else {"run_id": teacher["run_id"], "dir": teacher["dir"],
+                                                 "model_sha256": teacher["artifacts"][runs.MODEL_FILE]},
+        "selection": "last epoch (no model selection on the test set)",
+        "final": rows[-1],
+        "artifacts": {name: sha256_file(out / name)
+                      for name in (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE)},
+        "provenance": provenance(started=started, inputs=inputs,
+                                 seeds={"seed": cfg.seed, "subset_seed": cfg.subset_seed}),
+    }
+    write_json(out / runs.RUN_JSON, run)  # the completion marker, last
+    clear_state(out)
+    return run
+
+
+def skipped(cfg: TrainConfig) -> RunResult:
+    return RunResult(Path(cfg.out), True, json.loads((Path(cfg.out) / runs.RUN_JSON).read_text()))

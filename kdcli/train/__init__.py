@@ -1,0 +1,1 @@
+"""The shared training loop and what it needs (optimiser, schedule, device, state)."""

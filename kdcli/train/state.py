@@ -1,0 +1,71 @@
+"""Resumable training state: weights, optimiser, RNG streams, metrics so far.
+
+Tensors go to RUN/checkpoint.safetensors, the rest to RUN/checkpoint.json,
+which is written second and records the tensors' sha256, so a crash between
+the two writes is detected instead of resuming from a mismatched pair.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from kdcli.errors import ArtifactError
+from kdcli.io.atomic import write_json
+from kdcli.io.checkpoint import load_tensors, save_tensors
+from kdcli.io.hashing import sha256_file
+from kdcli.io.runs import CKPT_STATE, CKPT_TENSORS
+
+
+def save_state(run_dir: Path, *, model, optimizer, generators: dict[str, torch.Generator],
+               progress: dict) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict] = {}
+    for pid, entries in opt["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    for name, gen in generators.items():
+        tensors[f"rng.{name}"] = gen.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_tensors(run_dir / CKPT_TENSORS, tensors, {"format": "kdcli-train-state"})
+    write_json(run_dir / CKPT_STATE, {
+        **progress,
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
+        "tensors_sha256": sha256_file(run_dir / CKPT_TENSORS),
+    })
+
+
+def load_state(run_dir: Path, *, model, optimizer, generators: dict[str, torch.Generator]) -> dict:
+    """Restore everything saved by save_state; returns the progress dict."""
+    state_path = run_dir / CKPT_STATE
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{state_path}: unreadable training state ({exc}); use --overwrite") from None
+    if sha256_file(run_dir / CKPT_TENSORS) != state["tensors_sha256"]:
+        raise ArtifactError(f"{run_dir / CKPT_TENSORS}: does not match {CKPT_STATE}; use --overwrite")
+    tensors, _ = load_tensors(run_dir / CKPT_TENSORS)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value
+    for pid, entries in state["optimizer"]["scalars"].items():
+        opt_state.setdefault(int(pid), {}).update(entries)
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+    for name, gen in generators.items():
+        gen.set_state(tensors[f"rng.{name}"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return state
+
+
+def clear_state(run_dir: Path) -> None:
+    for name in (CKPT_STATE, CKPT_TENSORS):
+        (run_dir / name).unlink(missing_ok=True)
