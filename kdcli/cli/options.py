@@ -36,7 +36,7 @@ Augment = Annotated[bool, typer.Option(
 EvalEvery = Annotated[int, typer.Option(help="Evaluate and checkpoint every N epochs (and after the last).")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 Threads = Annotated[Optional[int], typer.Option(
-    help="CPU threads; default 1 for models under 1M parameters (faster on few cores), else all.")]
+    help="CPU threads; default $SLURM_CPUS_PER_TASK or all cores. Use 1 per run when running several side by side.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo a completed or interrupted run.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")]

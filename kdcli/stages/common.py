@@ -94,8 +94,8 @@ def make_model(cfg: TrainConfig, dataset: Dataset, device: torch.device) -> tupl
     args = resolve_model_args(cfg.model, dataset.num_classes, dataset.input_shape, cfg.model_args)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, **args)
-    torch.set_num_threads(choose_threads(model, cfg.threads) if device.type == "cpu" else
-                          torch.get_num_threads())
+    if device.type == "cpu":
+        torch.set_num_threads(choose_threads(cfg.threads))
     return model.to(device), args
 
 

@@ -8,10 +8,10 @@ import torch
 
 from kdcli.errors import ConfigError
 
-# Measured with benchmarks/threads.py on 2 shared cores: models below about a
-# million parameters at batch 128 run 1.3–2× faster on one thread than on two
-# (the per-op threading overhead dominates tiny kernels); bigger ones gain from more.
-SMALL_MODEL_PARAMS = 1_000_000
+# Measured with benchmarks/threads.py on an idle 2-core machine: two threads beat
+# one even for the tiny MNIST-1D models (cnn1d 8k params: 1.93 vs 2.31 ms per
+# step; resnet20: 306 vs 544 ms), so a run takes every core it may use. When
+# running several runs side by side on few cores, pass --threads 1 to each.
 
 
 def select_device(name: str) -> torch.device:
@@ -26,10 +26,10 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def choose_threads(model: torch.nn.Module, requested: int | None) -> int:
-    """--threads if given; otherwise 1 for small models, else all cores this process may use."""
+def choose_threads(requested: int | None) -> int:
+    """--threads if given, else $SLURM_CPUS_PER_TASK, else every core this process may use."""
     if requested is not None:
         return requested
-    params = sum(p.numel() for p in model.parameters())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if params < SMALL_MODEL_PARAMS else cores
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
