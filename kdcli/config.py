@@ -24,6 +24,7 @@ class TrainConfig:
     model: str | None = None  # None: the teacher's model (self-distillation), else cnn1d
     model_args: dict = field(default_factory=dict)
     teacher: str | None = None  # a teacher run dir: dataset, n_T and pool come from it
+    logits: str | None = None  # a teacher logits file (dump-logits): same, without the weights
     kappa: float = 1.0
     subset_seed: int = 0
     seed: int = 0
@@ -73,6 +74,7 @@ class TrainConfig:
         if self.stage == "train-teacher":
             need(self.kappa == 1.0, "--kappa", "1 for a teacher (it trains on the whole pool)", self.kappa)
             need(self.teacher is None, "--teacher", "no teacher for train-teacher", self.teacher)
+            need(self.logits is None, "--logits", "no logits for train-teacher", self.logits)
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -86,3 +88,56 @@ class TrainConfig:
         for k in ("out", "overwrite", "resume", "device", "threads", "eval_batch_size"):
             d.pop(k)
         return d
+
+
+@dataclass(frozen=True)
+class DistillConfig(TrainConfig):
+    """A `distill` run: TrainConfig plus the distillation loss.
+
+    L = α·τ²·KL(softmax(t/τ) ‖ softmax(s/τ)) + (1−α)·CE(y, s), mean over samples.
+    """
+
+    stage: str = "distill"
+    tau: float = 4.0
+    alpha: float = 1.0
+    kd_backend: str = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise ConfigError(f"--tau {self.tau}: expected a temperature > 0")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"--alpha {self.alpha}: expected a weight in [0, 1] (1 = pure distillation)")
+        if self.teacher is None and self.logits is None:
+            raise ConfigError("--logits or --teacher is required: offline distillation reads a logits "
+                              "file (dump-logits); online distillation runs the teacher per batch")
+        if self.augment and self.logits is not None:
+            raise ConfigError("--augment with --logits: stored logits are of clean inputs, not of the "
+                              "augmented views; distil online with --teacher instead")
+
+
+@dataclass(frozen=True)
+class DumpConfig:
+    """A `dump-logits` run: the teacher's raw logits for its pool and the test split."""
+
+    teacher: str
+    out: str
+    dtype: str = "float32"
+    topk: int | None = None
+    extra_train: int = 0  # fresh train samples after the pool, for students with κ > 1
+    data_dir: str | None = None
+    batch_size: int = 2048
+    device: str = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.dtype not in ("float16", "float32"):
+            raise ConfigError(f"--dtype {self.dtype}: expected float16 or float32")
+        if self.topk is not None and self.topk < 1:
+            raise ConfigError(f"--topk {self.topk}: expected an integer ≥ 1")
+        if self.extra_train < 0:
+            raise ConfigError(f"--extra-train {self.extra_train}: expected an integer ≥ 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size}: expected an integer ≥ 1")
+        if not self.out.endswith(".parquet"):
+            raise ConfigError(f"--out {self.out}: expected a .parquet file name")

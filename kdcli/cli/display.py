@@ -39,9 +39,13 @@ class ProgressBar:
             self.task = self.progress.add_task(self.description, total=total_steps,
                                                completed=done_steps, metrics="")
 
-    def on_step(self, step: int) -> None:
+    def on_step(self, step: int | None = None) -> None:
+        """Move to `step` done, or one further when step is None."""
         if self.progress is not None:
-            self.progress.update(self.task, completed=step)
+            if step is None:
+                self.progress.advance(self.task)
+            else:
+                self.progress.update(self.task, completed=step)
 
     def on_epoch(self, row: dict) -> None:
         if self.progress is not None:

@@ -54,3 +54,9 @@ def parse_kv(items: list[str] | None, flag: str) -> dict:
         except ValueError:
             out[key] = value
     return out
+Teacher = Annotated[Optional[str], typer.Option(
+    help="Teacher run dir: dataset, pool and n_T (and by default the student model) come from it.")]
+Logits = Annotated[Optional[str], typer.Option(
+    help="Teacher logits file from dump-logits (its metadata names the teacher and dataset).")]
+Kappa = Annotated[float, typer.Option(help="Fraction of the teacher's n_T to train on (>1: fresh samples).")]
+SubsetSeed = Annotated[int, typer.Option(help="Seed of the nested, stratified κ subset order.")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,20 +11,21 @@ from kdcli.cli.main import app
 
 
 def _train_config(stage: str, **kw):
-    from kdcli.config import TrainConfig
+    from kdcli.config import DistillConfig, TrainConfig
 
     kw["dataset_args"] = o.parse_kv(kw.pop("dataset_arg"), "--dataset-arg")
     kw["model_args"] = o.parse_kv(kw.pop("model_arg"), "--model-arg")
     kw.pop("quiet")
-    return TrainConfig(stage=stage, **kw)
+    return (DistillConfig if stage == "distill" else TrainConfig)(stage=stage, **kw)
 
 
 def _run(cfg, quiet: bool, title: str) -> None:
     from kdcli.cli.display import ProgressBar, console, err_console, run_summary
-    from kdcli.stages import train
+    from kdcli.stages import distill, train
 
+    stage = distill if cfg.stage == "distill" else train
     with ProgressBar(f"{cfg.stage} {cfg.out}", quiet) as bar:
-        result = train.run(cfg, callbacks=bar)
+        result = stage.run(cfg, callbacks=bar)
     if result.skipped:
         err_console.print(f"{cfg.out}: already complete, skipped (--overwrite to redo)")
         return
@@ -68,10 +69,10 @@ def train_teacher(
 @app.command("train-labels")
 def train_labels(
     out: o.Out,
-    teacher: Annotated[Optional[str], typer.Option(
-        help="Teacher run dir: dataset, pool and n_T (and by default the model) come from it.")] = None,
-    kappa: Annotated[float, typer.Option(help="Fraction of the teacher's n_T to train on (>1: fresh samples).")] = 1.0,
-    subset_seed: Annotated[int, typer.Option(help="Seed of the nested, stratified κ subset order.")] = 0,
+    teacher: o.Teacher = None,
+    logits: o.Logits = None,
+    kappa: o.Kappa = 1.0,
+    subset_seed: o.SubsetSeed = 0,
     dataset: o.Dataset = None,
     dataset_arg: o.DatasetArg = None,
     data_dir: o.DataDir = None,
@@ -100,3 +101,78 @@ def train_labels(
     """Train a student on hard labels from a κ subset (the baseline a distilled student is paired with)."""
     cfg = _train_config("train-labels", **locals())
     _run(cfg, quiet, "label-trained student")
+
+
+@app.command("distill")
+def distill_cmd(
+    out: o.Out,
+    logits: o.Logits = None,
+    teacher: Annotated[str | None, typer.Option(
+        help="Teacher run dir. Alone: online distillation (teacher forward per batch, needed with "
+             "--augment); with --logits: checked against the file.")] = None,
+    kappa: o.Kappa = 1.0,
+    subset_seed: o.SubsetSeed = 0,
+    tau: Annotated[float, typer.Option(help="Temperature τ of both softmaxes in the KL term.")] = 4.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha weighs hard-label CE.")] = 1.0,
+    kd_backend: Annotated[str, typer.Option(help="KD loss backend: auto or eager.")] = "auto",
+    dataset: o.Dataset = None,
+    dataset_arg: o.DatasetArg = None,
+    data_dir: o.DataDir = None,
+    model: o.Model = None,
+    model_arg: o.ModelArg = None,
+    seed: o.Seed = 0,
+    epochs: o.Epochs = 30,
+    steps: o.Steps = None,
+    batch_size: o.BatchSize = 128,
+    optimizer: o.Optimizer = "adamw",
+    lr: o.Lr = 1e-3,
+    momentum: o.Momentum = 0.9,
+    weight_decay: o.WeightDecay = 0.0,
+    schedule: o.Schedule = "cosine",
+    warmup_epochs: o.WarmupEpochs = 0.0,
+    label_smoothing: o.LabelSmoothing = 0.0,
+    grad_clip: o.GradClip = None,
+    augment: o.Augment = False,
+    eval_every: o.EvalEvery = 1,
+    device: o.Device = "auto",
+    threads: o.Threads = None,
+    overwrite: o.Overwrite = False,
+    resume: o.Resume = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Train a student on a teacher's soft labels: α·τ²·KL(t/τ ‖ s/τ) + (1−α)·CE, on a κ subset."""
+    cfg = _train_config("distill", **locals())
+    _run(cfg, quiet, "distilled student")
+
+
+@app.command("dump-logits")
+def dump_logits_cmd(
+    teacher: Annotated[str, typer.Option(help="Teacher run dir.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Logits file to write (.parquet).")],
+    dtype: Annotated[str, typer.Option(help="Stored precision: float16 or float32.")] = "float32",
+    topk: Annotated[int | None, typer.Option(
+        help="Store only the K largest logits, their ids and the row's log-sum-exp.")] = None,
+    extra_train: Annotated[int, typer.Option(
+        help="Also dump N fresh train samples after the pool (for students with κ > 1).")] = 0,
+    data_dir: o.DataDir = None,
+    batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 2048,
+    device: o.Device = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Write a teacher's raw logits for its pool and the test split to Parquet."""
+    from kdcli.cli.display import ProgressBar, console, err_console
+    from kdcli.config import DumpConfig
+    from kdcli.stages import dump_logits
+
+    cfg = DumpConfig(teacher=teacher, out=out, dtype=dtype, topk=topk, extra_train=extra_train,
+                     data_dir=data_dir, batch_size=batch_size, device=device, overwrite=overwrite)
+    with ProgressBar(f"dump-logits {out}", quiet) as bar:
+        result = dump_logits.run(cfg, on_start=lambda n: bar.on_start(n, 0),
+                                 on_batch=lambda: bar.on_step(None))
+    if result.skipped:
+        err_console.print(f"{out}: already holds this teacher's logits, skipped (--overwrite to redo)")
+    elif not quiet:
+        rows = ", ".join(f"{n} {split}" for split, n in result.rows.items())
+        console.print(f"wrote {out}: {rows} rows, {result.metadata['dataset']['num_classes']} classes, {dtype}"
+                      + (f", top-{topk}" if topk else ""))

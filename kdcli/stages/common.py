@@ -20,6 +20,8 @@ from kdcli.io.hashing import sha256_file
 from kdcli.io.provenance import now_iso, provenance
 from kdcli.io.tables import write_metrics, write_table
 from kdcli.models import build_model, resolve_model_args
+from kdcli.metrics.fidelity import fidelity
+from kdcli.stages.teacher import TeacherSource, resolve_teacher, teacher_logits_for
 from kdcli.train.device import choose_threads, select_device
 from kdcli.train.state import clear_state
 
@@ -61,27 +63,31 @@ def guard_run_dir(cfg: TrainConfig) -> str:
     return "fresh"
 
 
-def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, dict | None]:
-    """The dataset (the teacher's, when --teacher is given) and the teacher's run.json."""
-    teacher = runs.read_run(cfg.teacher) if cfg.teacher else None
+def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, TeacherSource | None]:
+    """The dataset (the teacher's, when --teacher or --logits is given) and the teacher."""
+    teacher = resolve_teacher(cfg.teacher, cfg.logits)
     if teacher is None:
         cfg = cfg.replace(dataset=cfg.dataset or "mnist1d", model=cfg.model or "cnn1d")
         return cfg, build_dataset(cfg.dataset, cfg.dataset_args, cfg.data_dir), None
-    tdata = teacher["dataset"]
+    tdata = teacher.dataset
+    where = f"--logits {cfg.logits}" if cfg.logits else f"--teacher {cfg.teacher}"
     if cfg.dataset not in (None, tdata["name"]):
-        raise ConfigError(f"--dataset {cfg.dataset}: the teacher {cfg.teacher} was trained on "
+        raise ConfigError(f"--dataset {cfg.dataset}: the teacher ({where}) was trained on "
                           f"{tdata['name']!r}; a student's κ must refer to the teacher's pool")
-    if cfg.dataset_args and cfg.dataset_args != {k: tdata["args"].get(k) for k in cfg.dataset_args}:
-        raise ConfigError(f"--dataset-arg: differs from the teacher's dataset arguments {tdata['args']}")
     builder_args = {k: v for k, v in tdata["args"].items() if k != "generator"}
+    if cfg.dataset_args and cfg.dataset_args != {k: builder_args.get(k) for k in cfg.dataset_args}:
+        raise ConfigError(f"--dataset-arg: differs from the teacher's dataset arguments {builder_args}")
     dataset = build_dataset(tdata["name"], builder_args, cfg.data_dir or tdata["data_dir"])
     if dataset.fingerprint != tdata["fingerprint"]:
-        raise ArtifactError(f"--teacher {cfg.teacher}: dataset fingerprint mismatch; the data at "
+        raise ArtifactError(f"{where}: dataset fingerprint mismatch; the data at "
                             f"{dataset.data_dir or 'the generator'} is not what the teacher was trained on")
+    if dataset.num_classes != tdata["num_classes"]:
+        raise ArtifactError(f"{where}: the teacher has {tdata['num_classes']} classes, "
+                            f"the dataset {dataset.num_classes}")
     cfg = cfg.replace(dataset=tdata["name"], dataset_args=builder_args,
-                      data_dir=dataset.data_dir, model=cfg.model or teacher["model"]["name"])
-    if cfg.model == teacher["model"]["name"] and not cfg.model_args:
-        cfg = cfg.replace(model_args=_own_args(teacher["model"]["args"]))
+                      data_dir=dataset.data_dir, model=cfg.model or teacher.model_name)
+    if cfg.model == teacher.model_name and not cfg.model_args:
+        cfg = cfg.replace(model_args=_own_args(teacher.model_args))
     return cfg, dataset, teacher
 
 
@@ -105,7 +111,7 @@ class Prepared:
 
     cfg: TrainConfig
     dataset: Dataset
-    teacher: dict | None
+    teacher: TeacherSource | None
     subset: Subset
     model: torch.nn.Module
     model_args: dict
@@ -119,6 +125,20 @@ def prepare(cfg: TrainConfig) -> Prepared:
     device = select_device(cfg.device)
     model, model_args = make_model(cfg, dataset, device)
     return Prepared(cfg, dataset, teacher, subset, model, model_args, device)
+
+
+def fidelity_metrics(p: Prepared):
+    """Per-epoch fidelity columns when the run has a teacher (else None).
+
+    The teacher's test logits come from the logits file when there is one, else
+    from one pass of the teacher over the test split.
+    """
+    if p.teacher is None:
+        return None
+    test = p.dataset.test()
+    teacher_test = teacher_logits_for(p.teacher, "test", test.index.numpy(), test.x,
+                                      p.dataset.normalise, p.device, p.cfg.eval_batch_size)
+    return lambda student_test: fidelity(student_test, teacher_test)
 
 
 def start_run_dir(cfg: TrainConfig, action: str) -> Path:
@@ -135,7 +155,7 @@ def start_run_dir(cfg: TrainConfig, action: str) -> Path:
 
 def finish_run(cfg: TrainConfig, out: Path, *, stage_info: dict, model: torch.nn.Module,
                model_args: dict, dataset: Dataset, subset: Subset, rows: list[dict],
-               started: str, inputs: dict, teacher: dict | None) -> dict:
+               started: str, teacher: TeacherSource | None) -> dict:
     run_id = uuid.uuid4().hex[:16]
     data = dataset.describe()
     save_model(out / runs.MODEL_FILE, model, model_name=cfg.model, model_args=model_args,
@@ -158,18 +178,26 @@ def finish_run(cfg: TrainConfig, out: Path, *, stage_info: dict, model: torch.nn
                   "parameters": sum(p.numel() for p in model.parameters())},
         "subset": {"kappa": cfg.kappa, "seed": cfg.subset_seed, "size": len(subset.split),
                    "n_pool": subset.n_pool, "sha256": subset.sha256, "file": runs.SUBSET_FILE},
-        "teacher": None if teacher is None else {"run_id": teacher["run_id"], "dir": teacher["dir"],
-                                                 "model_sha256": teacher["artifacts"][runs.MODEL_FILE]},
+        "teacher": None if teacher is None else teacher.record(),
         "selection": "last epoch (no model selection on the test set)",
         "final": rows[-1],
         "artifacts": {name: sha256_file(out / name)
                       for name in (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE)},
-        "provenance": provenance(started=started, inputs=inputs,
+        "provenance": provenance(started=started, inputs=_inputs(teacher),
                                  seeds={"seed": cfg.seed, "subset_seed": cfg.subset_seed}),
     }
     write_json(out / runs.RUN_JSON, run)  # the completion marker, last
     clear_state(out)
     return run
+
+
+def _inputs(teacher: TeacherSource | None) -> dict:
+    if teacher is None:
+        return {}
+    inputs = {"teacher_model": teacher.model_sha256}
+    if teacher.logits:
+        inputs["logits"] = teacher.logits_sha256
+    return inputs
 
 
 def skipped(cfg: TrainConfig) -> RunResult:

@@ -1,0 +1,172 @@
+"""Teacher logits as Parquet: raw, temperature-free, for the train pool and the test split.
+
+Columns (full): index int64 (sample id in the split's canonical order), split
+(dictionary string: train | test), logits fixed_size_list<float16|float32>[C].
+Columns (--topk K): topk_logits fixed_size_list<float>[K], topk_ids
+fixed_size_list<int32>[K], lse float32 — the log-sum-exp of the full row, so
+the tail's total probability at τ = 1, 1 − Σ exp(topk − lse), is known.
+
+How a top-k file becomes teacher logits (`dense_logits`): the V − K tail classes
+share the tail mass equally, i.e. each gets the logit lse + log(tail_mass / (V − K)).
+At τ = 1 the teacher's top-k probabilities and tail mass are then exact; at
+other τ the tail behaves as V − K equal logits. The tail mass is never dropped.
+
+Reading goes through an Arrow memory map and flat buffers straight into tensors;
+no Python work per row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdcli.errors import ArtifactError
+from kdcli.io.atomic import atomic_path
+
+LOGITS_FORMAT_VERSION = 1
+ROW_GROUP_ROWS = 65536
+
+
+@dataclass
+class TeacherLogits:
+    """One split's logits from a file, indexed by sample id."""
+
+    index: np.ndarray  # int64 [N]
+    logits: torch.Tensor  # float32 [N, C] (dense; reconstructed from top-k if stored so)
+
+    def rows_for(self, ids: np.ndarray, what: str) -> torch.Tensor:
+        """Logits of samples `ids` in that order; every id must be present."""
+        lookup = np.full(int(max(self.index.max(initial=-1), ids.max(initial=-1))) + 1, -1, dtype=np.int64)
+        lookup[self.index] = np.arange(len(self.index))
+        rows = lookup[ids]
+        missing = int((rows < 0).sum())
+        if missing:
+            raise ArtifactError(f"{what}: {missing} of the {len(ids)} samples needed have no logits "
+                                f"(e.g. index {int(ids[rows < 0][0])}); dump logits for them "
+                                "(dump-logits --extra-train N for κ > 1)")
+        return self.logits[torch.from_numpy(rows)]
+
+
+def write_logits(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
+                 metadata: dict, dtype: str = "float32", topk: int | None = None) -> None:
+    """splits: name -> (index [N] int64, logits [N, C] float32)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    np_dtype = {"float16": np.float16, "float32": np.float32}[dtype]
+    arrow_dtype = pa.float16() if dtype == "float16" else pa.float32()
+    index = np.concatenate([ix for ix, _ in splits.values()]).astype(np.int64)
+    logits = np.concatenate([lg for _, lg in splits.values()]).astype(np.float32)
+    names = np.concatenate([np.full(len(ix), i, dtype=np.int32) for i, (ix, _) in enumerate(splits.values())])
+    columns = {
+        "index": pa.array(index),
+        "split": pa.DictionaryArray.from_arrays(pa.array(names), pa.array(list(splits))),
+    }
+    n, c = logits.shape
+
+    def fixed(values: np.ndarray, typ, width: int):
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=typ), width)
+
+    if topk is None:
+        columns["logits"] = fixed(logits.astype(np_dtype), arrow_dtype, c)
+    else:
+        t = torch.from_numpy(logits)
+        values, ids = t.topk(topk, dim=1)
+        columns["topk_logits"] = fixed(values.numpy().astype(np_dtype), arrow_dtype, topk)
+        columns["topk_ids"] = fixed(ids.numpy().astype(np.int32), pa.int32(), topk)
+        columns["lse"] = pa.array(torch.logsumexp(t, dim=1).numpy().astype(np.float32))
+    meta = {**metadata, "format": "kdcli-logits", "format_version": LOGITS_FORMAT_VERSION,
+            "num_classes": c, "dtype": dtype, "topk": topk or 0}
+    table = pa.table(columns).replace_schema_metadata(
+        {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
+
+
+def read_metadata(path: str | Path, flag: str = "--logits") -> dict:
+    """The decoded schema metadata of a logits file; raises ArtifactError if it is not one."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{flag} {path}: file not found")
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except Exception as exc:
+        raise ArtifactError(f"{flag} {path}: not a readable Parquet file, it may be truncated ({exc})") from None
+    meta = {k.decode(): v.decode() for k, v in raw.items()}
+    if meta.get("format") != "kdcli-logits":
+        raise ArtifactError(f"{flag} {path}: not a kdcli logits file (no kdcli schema metadata)")
+    decoded = {}
+    for k, v in meta.items():
+        try:
+            decoded[k] = json.loads(v)
+        except ValueError:
+            decoded[k] = v
+    if decoded.get("format_version") != LOGITS_FORMAT_VERSION:
+        raise ArtifactError(f"{flag} {path}: logits format version {decoded.get('format_version')}, "
+                            f"this kdcli reads version {LOGITS_FORMAT_VERSION}")
+    return decoded
+
+
+def _flat(column) -> np.ndarray:
+    """A fixed-size-list column's values as one flat numpy array (zero-copy when possible).
+
+    The array may be a read-only view of Arrow memory; kdcli only ever indexes it
+    (which copies), so it is made writable-looking for torch.from_numpy.
+    """
+    values = column.combine_chunks().values.to_numpy(zero_copy_only=False)
+    if not values.flags.writeable:
+        values = values.view()
+        values.flags.writeable = False  # torch warns on read-only arrays; copy instead
+        values = values.copy()
+    return values
+
+
+def read_logits(path: str | Path, split: str, flag: str = "--logits") -> TeacherLogits:
+    """Logits of one split as float32 tensors; non-finite values raise ArtifactError."""
+    import pyarrow.parquet as pq
+
+    meta = read_metadata(path, flag)
+    try:
+        table = pq.read_table(path, memory_map=True, filters=[("split", "=", split)])
+    except Exception as exc:
+        raise ArtifactError(f"{flag} {path}: cannot read the {split} rows ({exc})") from None
+    if table.num_rows == 0:
+        raise ArtifactError(f"{flag} {path}: holds no {split!r} rows")
+    c, k = int(meta["num_classes"]), int(meta["topk"])
+    index = table.column("index").to_numpy()
+    if k == 0:
+        logits = torch.from_numpy(_flat(table.column("logits")).astype(np.float32, copy=False).reshape(-1, c))
+        _check_finite(logits, path, split, flag)
+        return TeacherLogits(index, logits)
+    values = torch.from_numpy(_flat(table.column("topk_logits")).astype(np.float32).reshape(-1, k))
+    ids = torch.from_numpy(_flat(table.column("topk_ids")).astype(np.int64).reshape(-1, k))
+    lse = torch.from_numpy(table.column("lse").to_numpy().astype(np.float32))
+    _check_finite(torch.cat([values, lse[:, None]], 1), path, split, flag)
+    return TeacherLogits(index, dense_logits(values, ids, lse, c))
+
+
+def _check_finite(values: torch.Tensor, path, split: str, flag: str) -> None:
+    bad = ~torch.isfinite(values).all(1)
+    if bool(bad.any()):
+        raise ArtifactError(f"{flag} {path}: {int(bad.sum())} {split} rows hold NaN or infinite logits")
+
+
+def dense_logits(values: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Full [N, V] logits from top-k values and ids plus the full row's log-sum-exp.
+
+    The V − K tail classes share the tail's mass, 1 − Σ softmax(top-k), equally.
+    """
+    k = values.shape[1]
+    if k >= num_classes:
+        return torch.empty(len(values), num_classes).scatter_(1, ids, values)
+    top_mass = torch.exp(values - lse[:, None]).sum(1).clamp(max=1.0)
+    tail_mass = (1.0 - top_mass).clamp(min=torch.finfo(torch.float32).tiny)
+    tail_logit = lse + torch.log(tail_mass / (num_classes - k))
+    out = tail_logit[:, None].expand(-1, num_classes).clone()
+    return out.scatter_(1, ids, values)

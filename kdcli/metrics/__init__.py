@@ -1,0 +1,1 @@
+"""Evaluation metrics: fidelity to the teacher (and, later, CKA)."""

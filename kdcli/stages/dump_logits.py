@@ -1,0 +1,87 @@
+"""`dump-logits`: the teacher's raw (temperature-free) logits for its pool and the test split.
+
+Stored once, reused by every student at every τ. Test logits are included so
+fidelity can be measured without the teacher. --extra-train N adds the N fresh
+train samples after the pool (mnist1d), which students with κ > 1 need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdcli.config import DumpConfig
+from kdcli.data import build_dataset
+from kdcli.errors import ArtifactError
+from kdcli.io.logits import read_metadata, write_logits
+from kdcli.io.provenance import now_iso, provenance
+from kdcli.stages.teacher import load_teacher_model, predict, resolve_teacher
+from kdcli.train.device import select_device
+
+
+@dataclass
+class DumpResult:
+    path: Path
+    skipped: bool
+    rows: dict[str, int]  # split -> rows written
+    metadata: dict
+
+
+def run(cfg: DumpConfig, on_start=None, on_batch=None) -> DumpResult:
+    teacher = resolve_teacher(cfg.teacher, None)
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        try:
+            meta = read_metadata(out, "--out")
+        except ArtifactError:
+            raise ArtifactError(f"--out {out}: exists and is not a kdcli logits file; "
+                                "choose another name or pass --overwrite") from None
+        same = (meta["teacher"]["model_sha256"] == teacher.model_sha256 and meta["dtype"] == cfg.dtype
+                and meta["topk"] == (cfg.topk or 0) and meta["extra_train"] == cfg.extra_train)
+        if not same:
+            raise ArtifactError(f"--out {out}: holds logits of another teacher or other settings; "
+                                "pass --overwrite to replace them")
+        return DumpResult(out, True, {}, meta)
+
+    data = teacher.dataset
+    builder_args = {k: v for k, v in data["args"].items() if k != "generator"}
+    dataset = build_dataset(data["name"], builder_args, cfg.data_dir or data["data_dir"])
+    if dataset.fingerprint != data["fingerprint"]:
+        raise ArtifactError(f"--teacher {cfg.teacher}: dataset fingerprint mismatch; the data at "
+                            f"{dataset.data_dir or 'the generator'} is not what the teacher was trained on")
+    if cfg.topk is not None and cfg.topk >= dataset.num_classes:
+        raise ArtifactError(f"--topk {cfg.topk}: the teacher has only {dataset.num_classes} classes; "
+                            "store full logits instead")
+    splits = {"train": dataset.train(), "test": dataset.test()}
+    if cfg.extra_train:
+        splits["extra"] = dataset.extra(cfg.extra_train)  # stored under split "train"
+    device = select_device(cfg.device)
+    model = load_teacher_model(teacher, device)
+    if on_start is not None:
+        on_start(sum(-(-len(s) // cfg.batch_size) for s in splits.values()))
+
+    started = now_iso()
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    with torch.inference_mode():
+        for name, split in splits.items():
+            logits = predict(model, split.x.to(device), dataset.normalise, cfg.batch_size, on_batch)
+            arrays[name] = (split.index.numpy(), logits.cpu().numpy())
+    if "extra" in arrays:
+        extra = arrays.pop("extra")
+        arrays["train"] = tuple(np.concatenate([a, b]) for a, b in zip(arrays["train"], extra))
+
+    metadata = {
+        "dataset": dataset.describe(),
+        "dataset_fingerprint": dataset.fingerprint,
+        "teacher_run_id": teacher.run_id,
+        "teacher_model_sha256": teacher.model_sha256,
+        "teacher": {"run_id": teacher.run_id, "dir": teacher.dir, "model_sha256": teacher.model_sha256,
+                    "model_name": teacher.model_name, "model_args": teacher.model_args},
+        "extra_train": cfg.extra_train,
+        "provenance": provenance(started=started, inputs={"teacher_model": teacher.model_sha256}),
+    }
+    write_logits(out, arrays, metadata=metadata, dtype=cfg.dtype, topk=cfg.topk)
+    return DumpResult(out, False, {k: len(v[0]) for k, v in arrays.items()}, metadata)
