@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+# Rich falls back to 80 columns when output is not a terminal (logs, slurm .out
+# files), which folds wide tables; use a wider page there unless COLUMNS says otherwise.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 
 class ProgressBar:

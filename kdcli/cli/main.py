@@ -28,11 +28,11 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
-    """kdcli: train-teacher → train-labels (hard labels on a κ subset of the teacher's pool)."""
+    """kdcli stages: train-teacher → dump-logits → distill / train-labels → report."""
 
 
 def _register() -> None:
-    from kdcli.cli import train  # noqa: F401  (defines the commands on `app`)
+    from kdcli.cli import report, train  # noqa: F401  (they define the commands on `app`)
 
 
 _register()

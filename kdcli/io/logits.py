@@ -18,6 +18,7 @@ no Python work per row.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,18 +114,16 @@ def read_metadata(path: str | Path, flag: str = "--logits") -> dict:
     return decoded
 
 
-def _flat(column) -> np.ndarray:
-    """A fixed-size-list column's values as one flat numpy array (zero-copy when possible).
+def _flat(column) -> torch.Tensor:
+    """A fixed-size-list column's values as one flat tensor, zero-copy where Arrow allows.
 
-    The array may be a read-only view of Arrow memory; kdcli only ever indexes it
-    (which copies), so it is made writable-looking for torch.from_numpy.
+    The memory may be a read-only Arrow buffer; torch warns about that, but kdcli
+    only ever indexes these tensors (which copies), so the warning is silenced.
     """
     values = column.combine_chunks().values.to_numpy(zero_copy_only=False)
-    if not values.flags.writeable:
-        values = values.view()
-        values.flags.writeable = False  # torch warns on read-only arrays; copy instead
-        values = values.copy()
-    return values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(values)
 
 
 def read_logits(path: str | Path, split: str, flag: str = "--logits") -> TeacherLogits:
@@ -141,11 +140,11 @@ def read_logits(path: str | Path, split: str, flag: str = "--logits") -> Teacher
     c, k = int(meta["num_classes"]), int(meta["topk"])
     index = table.column("index").to_numpy()
     if k == 0:
-        logits = torch.from_numpy(_flat(table.column("logits")).astype(np.float32, copy=False).reshape(-1, c))
+        logits = _flat(table.column("logits")).float().reshape(-1, c)
         _check_finite(logits, path, split, flag)
         return TeacherLogits(index, logits)
-    values = torch.from_numpy(_flat(table.column("topk_logits")).astype(np.float32).reshape(-1, k))
-    ids = torch.from_numpy(_flat(table.column("topk_ids")).astype(np.int64).reshape(-1, k))
+    values = _flat(table.column("topk_logits")).float().reshape(-1, k)
+    ids = _flat(table.column("topk_ids")).long().reshape(-1, k)
     lse = torch.from_numpy(table.column("lse").to_numpy().astype(np.float32))
     _check_finite(torch.cat([values, lse[:, None]], 1), path, split, flag)
     return TeacherLogits(index, dense_logits(values, ids, lse, c))

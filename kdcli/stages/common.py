@@ -17,10 +17,10 @@ from kdcli.io import runs
 from kdcli.io.atomic import write_json
 from kdcli.io.checkpoint import save_model
 from kdcli.io.hashing import sha256_file
-from kdcli.io.provenance import now_iso, provenance
+from kdcli.io.provenance import provenance
 from kdcli.io.tables import write_metrics, write_table
-from kdcli.models import build_model, resolve_model_args
 from kdcli.metrics.fidelity import fidelity
+from kdcli.models import build_model, resolve_model_args
 from kdcli.stages.teacher import TeacherSource, resolve_teacher, teacher_logits_for
 from kdcli.train.device import choose_threads, select_device
 from kdcli.train.state import clear_state

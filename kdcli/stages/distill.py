@@ -14,8 +14,15 @@ import torch
 from kdcli.config import DistillConfig
 from kdcli.io.provenance import now_iso
 from kdcli.losses import kd_loss, resolve_backend
-from kdcli.stages.common import (RunResult, fidelity_metrics, finish_run, guard_run_dir, prepare,
-                                skipped, start_run_dir)
+from kdcli.stages.common import (
+    RunResult,
+    fidelity_metrics,
+    finish_run,
+    guard_run_dir,
+    prepare,
+    skipped,
+    start_run_dir,
+)
 from kdcli.stages.teacher import load_teacher_model
 from kdcli.train.loop import Callbacks, fit
 

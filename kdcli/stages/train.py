@@ -13,8 +13,15 @@ import torch.nn.functional as F
 
 from kdcli.config import TrainConfig
 from kdcli.io.provenance import now_iso
-from kdcli.stages.common import (RunResult, fidelity_metrics, finish_run, guard_run_dir, prepare,
-                                skipped, start_run_dir)
+from kdcli.stages.common import (
+    RunResult,
+    fidelity_metrics,
+    finish_run,
+    guard_run_dir,
+    prepare,
+    skipped,
+    start_run_dir,
+)
 from kdcli.train.loop import Callbacks, fit
 
 

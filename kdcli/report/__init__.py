@@ -1,0 +1,1 @@
+"""Aggregation of run directories into paired comparisons (PI vs κ)."""
