@@ -26,8 +26,8 @@ def cached_arrays(key: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[s
         try:
             with np.load(path, allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is rebuilt below
+        except Exception:  # noqa: BLE001  truncated zips, bad headers, ...: rebuilt below
+            pass
     arrays = make()
     try:
         with atomic_path(path) as tmp:

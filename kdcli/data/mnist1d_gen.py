@@ -109,6 +109,8 @@ def generate_block(seed: int, stream: str, block: int) -> tuple[np.ndarray, np.n
 
 def generate(seed: int, stream: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
     """Samples start..stop-1 of a stream."""
+    if stop <= start:
+        return np.empty((0, FINAL_LEN), np.float32), np.empty(0, np.int64)
     first, last = start // BLOCK, (stop - 1) // BLOCK
     blocks = [generate_block(seed, stream, b) for b in range(first, last + 1)]
     x = np.concatenate([b[0] for b in blocks])

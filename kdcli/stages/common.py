@@ -81,9 +81,10 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, TeacherSource 
     if dataset.fingerprint != tdata["fingerprint"]:
         raise ArtifactError(f"{where}: dataset fingerprint mismatch; the data at "
                             f"{dataset.data_dir or 'the generator'} is not what the teacher was trained on")
-    if dataset.num_classes != tdata["num_classes"]:
-        raise ArtifactError(f"{where}: the teacher has {tdata['num_classes']} classes, "
-                            f"the dataset {dataset.num_classes}")
+    stored_classes = teacher.logits_meta["num_classes"] if teacher.logits_meta else tdata["num_classes"]
+    if stored_classes != dataset.num_classes:
+        raise ArtifactError(f"{where}: holds {stored_classes} classes, the dataset "
+                            f"{tdata['name']!r} has {dataset.num_classes}")
     cfg = cfg.replace(dataset=tdata["name"], dataset_args=builder_args,
                       data_dir=dataset.data_dir, model=cfg.model or teacher.model_name)
     if cfg.model == teacher.model_name and not cfg.model_args:

@@ -191,16 +191,12 @@ def _corrupt(path, how):
         path.write_bytes(b"")
 
 
-_CACHE_BUG = ("BUG: kdcli/data/cache.py cached_arrays catches only (OSError, ValueError); a truncated "
-              "or bit-flipped .npz raises zipfile.BadZipFile and an empty one EOFError, so the damaged "
-              "entry is not rebuilt")
-
 
 @pytest.mark.parametrize("how", [
     "garbage",
-    pytest.param("truncated", marks=pytest.mark.xfail(reason=_CACHE_BUG, strict=True)),
-    pytest.param("bitflip", marks=pytest.mark.xfail(reason=_CACHE_BUG, strict=True)),
-    pytest.param("empty", marks=pytest.mark.xfail(reason=_CACHE_BUG, strict=True)),
+    "truncated",
+    "bitflip",
+    "empty",
 ])
 def test_damaged_cache_entry_is_rebuilt(tmp_path, monkeypatch, how):
     monkeypatch.setenv("KDCLI_CACHE_DIR", str(tmp_path))
@@ -247,8 +243,6 @@ def test_mnist1d_extra_samples_follow_the_pool():
     assert torch.equal(bigger.y[600:], extra.y)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: mnist1d_gen.generate(start=stop=k*BLOCK) concatenates an "
-                   "empty block list (ValueError), so MNIST1D.extra(0) fails when n_train is a multiple of 1000")
 def test_mnist1d_extra_zero_samples():
     ds = build_dataset("mnist1d", {"n_train": 1000, "n_test": 100})
     assert len(ds.extra(0)) == 0

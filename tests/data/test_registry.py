@@ -267,8 +267,6 @@ def test_cifar_pickle_protocols(tmp_path, protocol):
     assert np.array_equal(ds.test().x.numpy(), batches["test_batch"][0].reshape(-1, 3, 32, 32))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cifar._ALLOWED lacks numpy._core.numeric._frombuffer, which numpy "
-                   "uses to pickle arrays with protocol 5 (Python 3.14's default), so such files are refused")
 def test_cifar_pickle_protocol_5(tmp_path):
     batches = _fake_cifar10(tmp_path, n=2, protocol=5)
     ds = build_dataset("cifar10", data_dir=str(tmp_path))
