@@ -133,9 +133,6 @@ def test_bad_input_gives_one_error_line(case, tmp_path, bad_teachers, monkeypatc
     assert not out.exists()  # nothing written for a run that could not start
 
 
-@pytest.mark.xfail(reason="BUG: main() handles click usage errors with `import click`, but typer "
-                          "0.29 vendors click as typer._click and click is not installed, so a bad "
-                          "option value ends in a ModuleNotFoundError traceback", strict=True)
 @pytest.mark.parametrize("flag,argv", [("--epochs", ["--epochs", "many"]),
                                        ("--no-such-flag", ["--no-such-flag"])])
 def test_usage_error_gives_a_message_not_a_traceback(flag, argv, tmp_path, monkeypatch, capsys):
@@ -197,9 +194,6 @@ def test_script_errors(tmp_path, bad_teachers):
         assert not (tmp_path / f"out{i}").exists()
 
 
-@pytest.mark.xfail(reason="BUG: usage errors crash main() with ModuleNotFoundError: No module "
-                          "named 'click' (see test_usage_error_gives_a_message_not_a_traceback)",
-                   strict=True)
 def test_script_usage_error():
     proc = subprocess.run([kdcli_script(), "train-labels", "--out", "x", "--epochs", "many"],
                           capture_output=True, text=True, timeout=60, env=script_env())

@@ -125,9 +125,6 @@ def test_unknown_model_arg_is_named():
     assert "channels" in msg  # says what it accepts
 
 
-@pytest.mark.xfail(reason="BUG: an unknown --model-arg for a tv: model escapes as a raw TypeError "
-                          "from torchvision (registry._torchvision_model does not catch it)",
-                   strict=True)
 def test_unknown_torchvision_model_arg_is_a_config_error():
     args = resolve_model_args("tv:resnet18", 10, (3, 32, 32), {"no_such_arg": 1})
     with pytest.raises(ConfigError, match="no_such_arg"):

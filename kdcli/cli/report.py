@@ -1,7 +1,8 @@
-"""`report`: the PI-vs-κ table of a tree of runs."""
+"""`report`: the PI-vs-κ tables and plots of a tree of runs."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
@@ -9,33 +10,81 @@ import typer
 from kdcli.cli.main import app
 
 
+def _f(v, spec: str = ".2f") -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
 @app.command("report")
 def report_cmd(
-    root: Annotated[str, typer.Argument(help="Folder searched recursively for run dirs.")],
-    out: Annotated[str | None, typer.Option(help="Folder for pi_vs_kappa.csv and .json.")] = None,
+    root: Annotated[str, typer.Argument(help="Folder searched recursively for run dirs and cka*.parquet files.")],
+    out: Annotated[str | None, typer.Option(help="Folder for CSV/Markdown/JSON tables and PNG plots.")] = None,
+    group_by: Annotated[list[str] | None, typer.Option(
+        "--group-by", help="Config field that splits rows further (repeatable), e.g. lr.")] = None,
+    filter_: Annotated[list[str] | None, typer.Option(
+        "--filter", help="Keep runs whose config has KEY=VALUE (repeatable), e.g. model=cnn1d.")] = None,
+    bootstrap: Annotated[int, typer.Option(
+        help="Bootstrap CI with this many resamples instead of the t-interval (0 = t).")] = 0,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots with --out.")] = True,
 ) -> None:
-    """Pair distill and train-labels students and print PI = acc(KD) − acc(labels) per κ."""
+    """Pair students with their label-trained twins: PI = acc(arm) − acc(labels) per κ, τ, ε."""
     from rich.table import Table
 
     from kdcli.cli.display import console, err_console
     from kdcli.stages import report
 
-    result = report.run(root, out)
-    table = Table(title=f"PI vs κ ({root})", header_style="bold")
-    for name in ("model", "τ", "κ", "n", "pairs", "KD acc", "labels acc", "PI (points)", "95% CI",
-                 "teacher acc", "KD agree", "labels agree"):
-        table.add_column(name, justify="right")
+    cfg = report.ReportConfig(root=root, out=out, group_by=tuple(group_by or ()),
+                              filters=tuple(filter_ or ()), bootstrap=bootstrap, plots=plots)
+    result = report.run(cfg)
+    ci_name = f"95% CI ({'bootstrap' if bootstrap else 't'})"
+    table = Table(title=f"PI vs κ — {root}", header_style="bold")
+    cols = ["arm", "model", *cfg.group_by, "κ", "n", "pairs", "arm acc", "labels acc", "PI", ci_name,
+            "teacher acc", "agree arm/labels", "KL arm/labels"]
+    for name in cols:
+        table.add_column(name, justify="left" if name in ("arm", "model") else "right")
     for r in result.rows:
-        ci = "—" if r["pairs"] < 2 else f"[{r['pi_lo']:+.2f}, {r['pi_hi']:+.2f}]"
-        table.add_row(r["model"], f"{r['tau']:g}", f"{r['kappa']:g}", str(r["n_train"]), str(r["pairs"]),
-                      f"{r['kd_acc']:.2f}", f"{r['labels_acc']:.2f}", f"{r['pi']:+.2f}", ci,
-                      f"{r['teacher_acc']:.2f}", f"{r['kd_agreement']:.1f}", f"{r['labels_agreement']:.1f}")
+        ci = "—" if math.isnan(r["pi_lo"]) else f"[{r['pi_lo']:+.2f}, {r['pi_hi']:+.2f}]"
+        table.add_row(r["arm"], r["model"], *(str(r[g]) for g in cfg.group_by), f"{r['kappa']:g}",
+                      str(r["n_train"]), str(r["pairs"]), _f(r["arm_acc"]), _f(r["labels_acc"]),
+                      _f(r["pi"], "+.2f"), ci, _f(r["teacher_acc"]),
+                      f"{_f(r['arm_agreement'], '.1f')}/{_f(r['labels_agreement'], '.1f')}",
+                      f"{_f(r['arm_kl'], '.3f')}/{_f(r['labels_kl'], '.3f')}")
     console.print(table)
+    if result.tau_table:
+        t = result.tau_table
+        heat = Table(title="PI by τ × κ (points)", header_style="bold")
+        heat.add_column("τ \\ κ")
+        for k in t["kappas"]:
+            heat.add_column(f"{k:g}", justify="right")
+        for tau, row in zip(t["taus"], t["pi"]):
+            heat.add_row(f"{tau:g}", *(_f(v, "+.2f") for v in row))
+        console.print(heat)
+    if result.ls_table:
+        arms = [k for k in result.ls_table[0] if k != "kappa"]
+        ls = Table(title="Label-smoothing control: PI (points) per arm", header_style="bold")
+        for name in ["κ", *arms]:
+            ls.add_column(name, justify="right")
+        for r in result.ls_table:
+            ls.add_row(f"{r['kappa']:g}", *(_f(r.get(a), "+.2f") for a in arms))
+        console.print(ls)
+    if result.fidelity:
+        fid = Table(title="Does fidelity track PI? Pearson r across pairs", header_style="bold")
+        for name in ("arm", "pairs", "r(PI, agreement gain)", "r(PI, KL reduction)"):
+            fid.add_column(name, justify="right")
+        for a, v in result.fidelity.items():
+            fid.add_row(a, str(v["pairs"]), _f(v["r_pi_agreement_gain"], "+.3f"), _f(v["r_pi_kl_reduction"], "+.3f"))
+        console.print(fid)
+    if result.cka_rows:
+        cka = Table(title="CKA with the teacher vs κ", header_style="bold")
+        for name in ("arm", "estimator", "κ", "CKA", "files"):
+            cka.add_column(name, justify="right")
+        for r in result.cka_rows:
+            cka.add_row(r["arm"], r["estimator"], f"{r['kappa']:g}", _f(r["cka"], ".4f"), str(r["n"]))
+        console.print(cka)
     for label, dirs in (("unpaired", [r["dir"] for r in result.pairing.unpaired]),
                         ("duplicate (not counted)", [r["dir"] for r in result.pairing.duplicates]),
                         ("incomplete (no run.json)", result.scan.incomplete),
                         ("unreadable run.json", result.scan.unreadable)):
         for d in dirs:
             err_console.print(f"{label}: {d}")
-    for path in result.written:
-        console.print(f"wrote {path}")
+    if result.written:
+        console.print(f"wrote {len(result.written)} files to {out}")

@@ -57,7 +57,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def save_model(path, model: torch.nn.Module, *, model_name: str, model_args: dict,
-               dataset: dict, run_id: str, num_classes: int) -> None:
+               dataset: dict, run_id: str, num_classes: int, inputs: dict | None = None) -> None:
+    """Weights plus what rebuilds and identifies them; `inputs` are the sha256 of input artifacts."""
     save_tensors(path, model.state_dict(), {
         "format": "kdcli-model",
         "format_version": MODEL_FORMAT_VERSION,
@@ -67,6 +68,7 @@ def save_model(path, model: torch.nn.Module, *, model_name: str, model_args: dic
         "dataset": dataset,
         "num_classes": str(num_classes),
         "run_id": run_id,
+        "inputs": inputs or {},
     })
 
 

@@ -70,4 +70,8 @@ def _torchvision_model(name: str, num_classes: int, input_shape, **kwargs) -> nn
 
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise ConfigError(f"--model tv:{name}: torchvision has no classification model {name!r}")
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--model-arg: torchvision model {name!r} cannot be built with "
+                          f"{kwargs} ({exc})") from None

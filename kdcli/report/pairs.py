@@ -1,9 +1,11 @@
-"""Find runs under a root and pair each `distill` student with its `train-labels` twin.
+"""Find runs under a root and pair students with their label-trained twins.
 
 A pair shares dataset, teacher, student model, κ, subset seed, seed and every
-training hyper-parameter; they differ only in the loss (DESIGN.md). Runs with no
-twin, run dirs without run.json, and duplicates are reported, never dropped
-silently or counted twice.
+training hyper-parameter (DESIGN.md); the arms differ only in the loss:
+`labels` (train-labels, no smoothing) is the baseline, `kd` arms are `distill`
+runs (one per τ, α), `ls` arms are train-labels runs with label smoothing (the
+label-smoothing control). Runs with no twin, run dirs without run.json, and
+duplicates are reported, never dropped silently or counted twice.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Config fields that do not enter the pairing key: where the run lives and how
-# it ran, plus the distillation-only loss settings (they label the KD arm).
+# Config fields outside the pairing key: where and how a run ran, and the loss
+# settings that define the arm.
 _NOT_IN_KEY = {"out", "stage", "overwrite", "resume", "device", "threads", "eval_batch_size",
-               "eval_every", "teacher", "logits", "tau", "alpha", "kd_backend", "dataset",
-               "dataset_args", "data_dir"}
+               "eval_every", "teacher", "logits", "tau", "alpha", "kd_backend", "label_smoothing",
+               "dataset", "dataset_args", "data_dir"}
+RUN_MARKERS = {"checkpoint.json", "model.safetensors", "metrics.parquet"}
 
 
 @dataclass
@@ -26,10 +29,11 @@ class Scan:
     runs: list[dict] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    cka_files: list[str] = field(default_factory=list)
 
 
 def scan(root: str | Path) -> Scan:
-    """Every run.json under root (recursively), and run dirs that have none."""
+    """Every run.json under root (recursively), run dirs that have none, and CKA files."""
     result = Scan()
     for dirpath, _dirs, files in os.walk(root):
         if "run.json" in files:
@@ -39,47 +43,63 @@ def scan(root: str | Path) -> Scan:
                 result.runs.append(run)
             except (OSError, ValueError):
                 result.unreadable.append(dirpath)
-        elif {"checkpoint.json", "model.safetensors", "metrics.parquet"} & set(files):
+        elif RUN_MARKERS & set(files):
             result.incomplete.append(dirpath)
+        result.cka_files += [os.path.join(dirpath, f) for f in files if f.endswith(".parquet")
+                             and f.startswith("cka")]
     return result
 
 
 def pair_key(run: dict) -> tuple:
     cfg = {k: v for k, v in run["config"].items() if k not in _NOT_IN_KEY}
     teacher = (run.get("teacher") or {}).get("run_id")
-    return (run["dataset"]["fingerprint"], teacher, json.dumps(run["model"]["args"], sort_keys=True),
-            run["model"]["name"], json.dumps(cfg, sort_keys=True, default=str))
+    return (run["dataset"]["fingerprint"], teacher, run["model"]["name"],
+            json.dumps(run["model"]["args"], sort_keys=True), json.dumps(cfg, sort_keys=True, default=str))
+
+
+def arm(run: dict) -> str | None:
+    """'labels', 'kd τ=… α=…', 'ls ε=…', or None for runs that are not students of a teacher."""
+    ls = run["config"].get("label_smoothing", 0.0)
+    if run.get("stage") == "distill":
+        name = f"kd τ={run['kd']['tau']:g} α={run['kd']['alpha']:g}"
+        return name + (f" ε={ls:g}" if ls else "")
+    if run.get("stage") == "train-labels" and run.get("teacher"):
+        return f"ls ε={ls:g}" if ls else "labels"
+    return None
+
+
+@dataclass
+class Pair:
+    arm: str
+    run: dict  # the KD or label-smoothing student
+    labels: dict  # its label-trained twin
 
 
 @dataclass
 class Pairing:
-    pairs: list[tuple[dict, dict]]  # (kd run, labels run)
+    pairs: list[Pair]
     unpaired: list[dict]
     duplicates: list[dict]
 
 
 def pair_runs(runs: list[dict]) -> Pairing:
-    """Match distill runs with train-labels runs of the same key (teachers are not students)."""
     by_key: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        if run.get("stage") == "distill":
-            arm = f"kd tau={run['kd']['tau']} alpha={run['kd']['alpha']}"
-        elif run.get("stage") == "train-labels" and run.get("teacher"):
-            arm = "labels"
-        else:
-            continue
-        by_key[pair_key(run)][arm].append(run)
+        name = arm(run)
+        if name is not None:
+            by_key[pair_key(run)][name].append(run)
     pairs, unpaired, duplicates = [], [], []
     for arms in by_key.values():
         for arm_runs in arms.values():
+            arm_runs.sort(key=lambda r: r["dir"])  # keep the first by path, list the rest
             duplicates.extend(arm_runs[1:])
             del arm_runs[1:]
-        labels = arms.get("labels", [])
-        kd_arms = [r for name, rs in arms.items() if name != "labels" for r in rs]
-        if not labels:
-            unpaired.extend(kd_arms)
-        elif not kd_arms:
-            unpaired.extend(labels)
+        baseline = arms.get("labels")
+        others = {name: rs[0] for name, rs in arms.items() if name != "labels"}
+        if baseline is None:
+            unpaired.extend(others.values())
+        elif not others:
+            unpaired.extend(baseline)
         else:
-            pairs.extend((kd, labels[0]) for kd in kd_arms)
+            pairs.extend(Pair(name, run, baseline[0]) for name, run in others.items())
     return Pairing(pairs, unpaired, duplicates)

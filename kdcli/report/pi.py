@@ -1,37 +1,70 @@
-"""PI (performance increment) per κ: acc(KD) − acc(labels) over paired seeds."""
+"""Aggregate pairs into PI rows: one per (arm, model, teacher, κ, group-by values)."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
-from kdcli.report.pairs import Pairing
-from kdcli.report.stats import mean_ci
+from kdcli.report.pairs import Pair
+from kdcli.report.stats import bootstrap_ci, mean_ci, pearson
 
 
-def pi_rows(pairing: Pairing, teacher_acc: dict[str, float]) -> list[dict]:
-    """One row per (teacher, student model, τ, α, κ), accuracies in points, sorted by κ."""
-    groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
-    for kd, lab in pairing.pairs:
-        key = (kd["teacher"]["run_id"], kd["model"]["name"], kd["kd"]["tau"], kd["kd"]["alpha"],
-               kd["subset"]["kappa"])
-        groups[key].append((kd, lab))
+def _final(run: dict, key: str) -> float:
+    value = run["final"].get(key)
+    return math.nan if value is None else value
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def pi_rows(pairs: list[Pair], teacher_acc: dict[str, float], group_by: tuple[str, ...] = (),
+            bootstrap: int = 0) -> list[dict]:
+    """Accuracies and PI in points; fidelity (agreement in points, KL in nats) of both arms."""
+    groups: dict[tuple, list[Pair]] = defaultdict(list)
+    for p in pairs:
+        extra = tuple(p.run["config"].get(g) for g in group_by)
+        groups[(p.arm, p.run["model"]["name"], p.run["teacher"]["run_id"], *extra,
+                p.run["subset"]["kappa"])].append(p)
     rows = []
-    for (teacher, model, tau, alpha, kappa), pairs in sorted(groups.items(), key=lambda kv: kv[0][1:]):
-        kd_acc = [100 * kd["final"]["test_acc"] for kd, _ in pairs]
-        lab_acc = [100 * lab["final"]["test_acc"] for _, lab in pairs]
-        pi, lo, hi = mean_ci([a - b for a, b in zip(kd_acc, lab_acc)])
+    for key, members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0][:-1]) + (kv[0][-1],)):
+        arm, model, teacher = key[:3]
+        kappa = key[-1]
+        arm_acc = [100 * p.run["final"]["test_acc"] for p in members]
+        lab_acc = [100 * p.labels["final"]["test_acc"] for p in members]
+        diffs = [a - b for a, b in zip(arm_acc, lab_acc)]
+        pi, lo, hi = bootstrap_ci(diffs, bootstrap) if bootstrap else mean_ci(diffs)
+        kd = members[0].run.get("kd") or {}
         rows.append({
-            "teacher": teacher, "model": model, "tau": tau, "alpha": alpha, "kappa": kappa,
-            "n_train": pairs[0][0]["subset"]["size"], "pairs": len(pairs),
-            "kd_acc": sum(kd_acc) / len(pairs), "labels_acc": sum(lab_acc) / len(pairs),
-            "pi": pi, "pi_lo": lo, "pi_hi": hi,
-            "teacher_acc": teacher_acc.get(teacher, float("nan")),
-            "kd_agreement": _mean(kd["final"].get("teacher_agreement") for kd, _ in pairs),
-            "labels_agreement": _mean(lab["final"].get("teacher_agreement") for _, lab in pairs),
+            "arm": arm, "model": model, "teacher": teacher,
+            **{g: v for g, v in zip(group_by, key[3:-1])},
+            "tau": kd.get("tau"), "alpha": kd.get("alpha"),
+            "label_smoothing": members[0].run["config"].get("label_smoothing", 0.0),
+            "kappa": kappa, "n_train": members[0].run["subset"]["size"], "pairs": len(members),
+            "arm_acc": _mean(arm_acc), "labels_acc": _mean(lab_acc),
+            "pi": pi, "pi_lo": lo, "pi_hi": hi, "ci": "bootstrap" if bootstrap else "t",
+            "teacher_acc": teacher_acc.get(teacher, math.nan),
+            "arm_agreement": 100 * _mean([_final(p.run, "teacher_agreement") for p in members]),
+            "labels_agreement": 100 * _mean([_final(p.labels, "teacher_agreement") for p in members]),
+            "arm_kl": _mean([_final(p.run, "teacher_kl") for p in members]),
+            "labels_kl": _mean([_final(p.labels, "teacher_kl") for p in members]),
+            "seeds": sorted(p.run["config"]["seed"] for p in members),
         })
     return rows
 
 
-def _mean(values) -> float:
-    vals = [100 * v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else float("nan")
+def fidelity_correlation(pairs: list[Pair]) -> dict[str, dict[str, float]]:
+    """Per arm, across pairs: r(PI, Δagreement) and r(PI, −ΔKL) — does fidelity track the gain?"""
+    out = {}
+    by_arm: dict[str, list[Pair]] = defaultdict(list)
+    for p in pairs:
+        by_arm[p.arm].append(p)
+    for name, members in sorted(by_arm.items()):
+        pi = [100 * (p.run["final"]["test_acc"] - p.labels["final"]["test_acc"]) for p in members]
+        d_agree = [100 * (_final(p.run, "teacher_agreement") - _final(p.labels, "teacher_agreement"))
+                   for p in members]
+        d_kl = [_final(p.labels, "teacher_kl") - _final(p.run, "teacher_kl") for p in members]
+        out[name] = {"pairs": len(members), "r_pi_agreement_gain": pearson(pi, d_agree),
+                     "r_pi_kl_reduction": pearson(pi, d_kl)}
+    return out

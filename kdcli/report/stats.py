@@ -1,8 +1,9 @@
-"""Mean and Student-t confidence interval, without scipy."""
+"""Means, confidence intervals and correlations, without scipy."""
 
 from __future__ import annotations
 
 import math
+import random
 from statistics import NormalDist
 
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (standard tables).
@@ -12,7 +13,7 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
 
 
 def t_quantile_975(df: int) -> float:
-    """t_{0.975, df}: the table up to 30, then the Cornish–Fisher expansion (error < 1e-4)."""
+    """t_{0.975, df}: the table up to 30, then the Cornish–Fisher expansion (error < 1e-3)."""
     if df < 1:
         raise ValueError("df must be ≥ 1")
     if df <= len(_T975):
@@ -30,3 +31,33 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile_975(n - 1) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
+
+
+def bootstrap_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, lower, upper): 2.5% and 97.5% percentiles of resampled means (seeded)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan, math.nan
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    return mean, _percentile(means, 0.025), _percentile(means, 0.975)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    """Pearson correlation; NaN when either side is constant or has fewer than 3 points."""
+    n = len(x)
+    if n < 3:
+        return math.nan
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan

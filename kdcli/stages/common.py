@@ -51,12 +51,6 @@ def guard_run_dir(cfg: TrainConfig) -> str:
         if not (Path(cfg.out) / runs.CKPT_STATE).is_file():
             raise ArtifactError(f"--out {cfg.out}: interrupted before its first checkpoint; "
                                 "nothing to resume, use --overwrite")
-        saved = json.loads((Path(cfg.out) / runs.CKPT_STATE).read_text()).get("config")
-        current = json.loads(json.dumps(cfg.training_fields()))
-        if saved != current:
-            changed = sorted(k for k in current if saved is None or saved.get(k) != current[k])
-            raise ArtifactError(f"--resume: {cfg.out} was started with different settings "
-                                f"({', '.join(changed)}); use the same flags or --overwrite")
         return "resume"
     if cfg.resume:
         raise ArtifactError(f"--resume: {cfg.out} holds no run to resume")
@@ -119,9 +113,24 @@ class Prepared:
     device: torch.device
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Everything a training stage needs, resolved before anything touches --out."""
+def check_resumable(cfg: TrainConfig) -> None:
+    """--resume only continues a run started with the same (resolved) settings."""
+    saved = json.loads((Path(cfg.out) / runs.CKPT_STATE).read_text()).get("config")
+    current = json.loads(json.dumps(cfg.training_fields()))
+    if saved != current:
+        changed = sorted(k for k in current if saved is None or saved.get(k) != current[k])
+        raise ArtifactError(f"--resume: {cfg.out} was started with different settings "
+                            f"({', '.join(changed)}); use the same flags or --overwrite")
+
+
+def prepare(cfg: TrainConfig, action: str) -> Prepared:
+    """Everything a training stage needs, resolved and checked before anything touches --out."""
     cfg, dataset, teacher = resolve_data(cfg)
+    if cfg.augment and not dataset.image:
+        raise ConfigError(f"--augment: dataset {dataset.name!r} is not an image dataset; random crop "
+                          "and flip apply to image datasets (cifar10, cifar100, parquet-images)")
+    if action == "resume":
+        check_resumable(cfg)
     subset = kappa_subset(dataset, cfg.kappa, cfg.subset_seed)
     device = select_device(cfg.device)
     model, model_args = make_model(cfg, dataset, device)
@@ -159,10 +168,12 @@ def finish_run(cfg: TrainConfig, out: Path, *, stage_info: dict, model: torch.nn
                started: str, teacher: TeacherSource | None) -> dict:
     run_id = uuid.uuid4().hex[:16]
     data = dataset.describe()
+    inputs = _inputs(teacher)
     save_model(out / runs.MODEL_FILE, model, model_name=cfg.model, model_args=model_args,
-               dataset=data, run_id=run_id, num_classes=dataset.num_classes)
+               dataset=data, run_id=run_id, num_classes=dataset.num_classes, inputs=inputs)
     common_meta = {"format_version": str(runs.RUN_FORMAT_VERSION), "run_id": run_id,
-                   "dataset_fingerprint": data["fingerprint"]}
+                   "dataset_fingerprint": data["fingerprint"], "model_name": cfg.model,
+                   "model_args": model_args, "inputs": inputs}
     write_metrics(out / runs.METRICS_FILE, rows, {"format": "kdcli-metrics", **common_meta})
     write_table(out / runs.SUBSET_FILE, {"index": subset.indices},
                 {"format": "kdcli-subset", **common_meta, "kappa": str(subset.kappa),
@@ -184,7 +195,7 @@ def finish_run(cfg: TrainConfig, out: Path, *, stage_info: dict, model: torch.nn
         "final": rows[-1],
         "artifacts": {name: sha256_file(out / name)
                       for name in (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE)},
-        "provenance": provenance(started=started, inputs=_inputs(teacher),
+        "provenance": provenance(started=started, inputs=inputs,
                                  seeds={"seed": cfg.seed, "subset_seed": cfg.subset_seed}),
     }
     write_json(out / runs.RUN_JSON, run)  # the completion marker, last

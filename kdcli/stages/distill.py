@@ -32,7 +32,7 @@ def run(cfg: DistillConfig, callbacks: Callbacks | None = None) -> RunResult:
     if action == "skip":
         return skipped(cfg)
     started = now_iso()
-    p = prepare(cfg)
+    p = prepare(cfg, action)
     cfg = p.cfg
     backend = resolve_backend(cfg.kd_backend, p.device)
     train = p.subset.split

@@ -39,6 +39,10 @@ class TeacherSource:
 def resolve_teacher(teacher_dir: str | None, logits: str | None) -> TeacherSource | None:
     """Read (and check) the teacher run and/or logits file; None when neither is given."""
     run = runs.read_run(teacher_dir) if teacher_dir else None
+    if run is not None and run.get("stage") != "train-teacher":
+        # A student trained on a κ subset would make n_T (and so every κ) ambiguous.
+        raise ArtifactError(f"--teacher {teacher_dir}: is a {run.get('stage')} run, not a teacher; "
+                            "train one with `kdcli train-teacher`")
     if logits is None:
         if run is None:
             return None

@@ -30,7 +30,7 @@ def run(cfg: TrainConfig, callbacks: Callbacks | None = None) -> RunResult:
     if action == "skip":
         return skipped(cfg)
     started = now_iso()
-    p = prepare(cfg)
+    p = prepare(cfg, action)
     cfg = p.cfg
 
     def loss_fn(logits, _x, labels, _positions):

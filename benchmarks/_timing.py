@@ -1,0 +1,29 @@
+"""Shared by the benchmarks: a training callback that times the loop's steps."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from kdcli.train.loop import Callbacks
+
+
+class StepTimer(Callbacks):
+    """Steps per second between the first and the last optimizer step of a run."""
+
+    def __init__(self):
+        self.start = self.end = None
+        self.steps = 0
+
+    def on_step(self, step: int) -> None:
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = now  # the first step carries one-off costs; time from here
+        self.end, self.steps = now, self.steps + 1
+
+    def rate(self) -> float:
+        return (self.steps - 1) / (self.end - self.start)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
