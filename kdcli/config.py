@@ -40,6 +40,9 @@ class TrainConfig:
     step_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training, for --schedule step
     step_gamma: float = 0.1
     label_smoothing: float = 0.0
+    # Label-smoothing control: set ε to the teacher's mean non-target mass at this τ
+    # on the student's subset (train-labels with --teacher or --logits).
+    match_smoothing_tau: float | None = None
     grad_clip: float | None = None
     augment: bool = False
     eval_every: int = 1  # evaluate (and checkpoint) every N epochs, and always after the last
@@ -68,6 +71,10 @@ class TrainConfig:
         need(0 <= self.momentum < 1, "--momentum", "a value in [0, 1)", self.momentum)
         need(self.warmup_epochs >= 0, "--warmup-epochs", "a value ≥ 0", self.warmup_epochs)
         need(0 <= self.label_smoothing < 1, "--label-smoothing", "a value in [0, 1)", self.label_smoothing)
+        need(self.match_smoothing_tau is None or self.match_smoothing_tau > 0, "--match-smoothing-tau",
+             "a temperature > 0", self.match_smoothing_tau)
+        need(self.match_smoothing_tau is None or self.stage == "train-labels",
+             "--match-smoothing-tau", "train-labels only", self.match_smoothing_tau)
         need(self.grad_clip is None or self.grad_clip > 0, "--grad-clip", "a norm > 0", self.grad_clip)
         need(self.threads is None or self.threads >= 1, "--threads", "an integer ≥ 1", self.threads)
         need(not (self.overwrite and self.resume), "--resume", "either --resume or --overwrite, not both", "")

@@ -60,3 +60,8 @@ Logits = Annotated[str | None, typer.Option(
     help="Teacher logits file from dump-logits (its metadata names the teacher and dataset).")]
 Kappa = Annotated[float, typer.Option(help="Fraction of the teacher's n_T to train on (>1: fresh samples).")]
 SubsetSeed = Annotated[int, typer.Option(help="Seed of the nested, stratified κ subset order.")]
+Grid = Annotated[list[str] | None, typer.Option(
+    "--grid", help="Sweep KEY=V1,V2,… (repeatable); runs one point of the Cartesian product in OUT/<point>.")]
+TaskIndex = Annotated[int | None, typer.Option(
+    help="Which grid point to run (0-based); default $SLURM_ARRAY_TASK_ID.")]
+PrintGrid = Annotated[bool, typer.Option("--print-grid", help="Print the number of grid points and exit.")]

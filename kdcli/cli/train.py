@@ -16,7 +16,18 @@ def _train_config(stage: str, **kw):
     kw["dataset_args"] = o.parse_kv(kw.pop("dataset_arg"), "--dataset-arg")
     kw["model_args"] = o.parse_kv(kw.pop("model_arg"), "--model-arg")
     kw.pop("quiet")
-    return (DistillConfig if stage == "distill" else TrainConfig)(stage=stage, **kw)
+    grid, index, print_grid = kw.pop("grid"), kw.pop("task_index"), kw.pop("print_grid")
+    cfg = (DistillConfig if stage == "distill" else TrainConfig)(stage=stage, **kw)
+    if print_grid:
+        from kdcli.sweep import grid_size, parse_grid
+
+        typer.echo(grid_size(parse_grid(grid or [], type(cfg))))
+        raise typer.Exit()
+    if grid:
+        from kdcli.sweep import apply_point
+
+        cfg = apply_point(cfg, grid, index)
+    return cfg
 
 
 def _run(cfg, quiet: bool, title: str) -> None:
@@ -60,6 +71,9 @@ def train_teacher(
     overwrite: o.Overwrite = False,
     resume: o.Resume = False,
     quiet: o.Quiet = False,
+    grid: o.Grid = None,
+    task_index: o.TaskIndex = None,
+    print_grid: o.PrintGrid = False,
 ) -> None:
     """Train a teacher on the dataset's whole train split (its pool of n_T samples)."""
     cfg = _train_config("train-teacher", **locals())
@@ -89,6 +103,8 @@ def train_labels(
     schedule: o.Schedule = "cosine",
     warmup_epochs: o.WarmupEpochs = 0.0,
     label_smoothing: o.LabelSmoothing = 0.0,
+    match_smoothing_tau: Annotated[float | None, typer.Option(
+        help="Label-smoothing control: ε = the teacher's mean non-target mass at this τ on the subset.")] = None,
     grad_clip: o.GradClip = None,
     augment: o.Augment = False,
     eval_every: o.EvalEvery = 1,
@@ -97,6 +113,9 @@ def train_labels(
     overwrite: o.Overwrite = False,
     resume: o.Resume = False,
     quiet: o.Quiet = False,
+    grid: o.Grid = None,
+    task_index: o.TaskIndex = None,
+    print_grid: o.PrintGrid = False,
 ) -> None:
     """Train a student on hard labels from a κ subset (the baseline a distilled student is paired with)."""
     cfg = _train_config("train-labels", **locals())
@@ -139,6 +158,9 @@ def distill_cmd(
     overwrite: o.Overwrite = False,
     resume: o.Resume = False,
     quiet: o.Quiet = False,
+    grid: o.Grid = None,
+    task_index: o.TaskIndex = None,
+    print_grid: o.PrintGrid = False,
 ) -> None:
     """Train a student on a teacher's soft labels: α·τ²·KL(t/τ ‖ s/τ) + (1−α)·CE, on a κ subset."""
     cfg = _train_config("distill", **locals())

@@ -8,31 +8,68 @@ present). The CE term is at τ = 1 on the raw student logits, with optional labe
 smoothing. The mean is over rows (samples, or tokens for language models) that
 `mask` keeps; with no kept row the loss is 0.
 
-Backends: `eager` (the reference in losses/eager.py). `auto` picks the fastest
-available backend for the device; `resolve_backend` says which, for provenance.
-Further backends register in BACKENDS with the same row-loss signature.
+Backends, all computing that loss and its gradient with respect to the student:
+- `eager`: the readable reference (losses/eager.py), differentiated by autograd.
+- `fused`: one sweep over the logits that writes the loss and the gradient
+  together, compiled by torch.compile for large calls (losses/fused.py).
+- `triton`: the same fused maths as a Triton kernel, for CUDA (losses/triton_kd.py).
+`auto` picks triton on CUDA, fused where torch.compile can build kernels, eager
+otherwise; `resolve_backend` says which, for provenance.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from kdcli.errors import ConfigError
-from kdcli.losses.eager import kd_rows
+from kdcli.losses import fused
+from kdcli.losses.eager import eager_loss
 
-# name -> fn(student, teacher, tau) -> per-row τ²·KL, differentiable in student
-BACKENDS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {"eager": kd_rows}
+
+def _triton_loss(*args, **kwargs) -> torch.Tensor:
+    from kdcli.losses import triton_kd  # imports triton: only when asked for
+
+    return triton_kd.triton_loss(*args, **kwargs)
+
+
+# name -> fn(student[N, V], teacher[N, V], *, tau, alpha, labels, mask, label_smoothing)
+#         -> mean loss over kept rows (0-d), differentiable in student
+BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
+    "eager": eager_loss,
+    "fused": fused.fused_loss,
+    "triton": _triton_loss,
+}
+
+
+def triton_usable(device: torch.device | str) -> bool:
+    """Whether the Triton kernel can run on tensors of `device` (without importing triton).
+
+    On the CPU only under TRITON_INTERPRET=1, Triton's interpreter, which is how
+    the kernel is tested without a GPU (slowly: never picked by `auto` there).
+    """
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return torch.device(device).type == "cuda" and torch.cuda.is_available()
 
 
 def resolve_backend(backend: str, device: torch.device | str = "cpu") -> str:
     """The backend `auto` (or a named one) resolves to on this device."""
     if backend == "auto":
-        return "eager"
+        if torch.device(device).type == "cuda":
+            return "triton" if triton_usable(device) else "eager"
+        return "fused" if fused.compile_available() else "eager"
     if backend not in BACKENDS:
         raise ConfigError(f"--kd-backend {backend!r}: choose auto or one of {', '.join(sorted(BACKENDS))}")
+    if backend == "triton" and not triton_usable(device):
+        raise ConfigError(f"--kd-backend triton needs a CUDA device and the triton package "
+                          f"(device here: {torch.device(device)}); use auto, fused or eager")
     return backend
 
 
@@ -55,21 +92,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tau: 
         raise ConfigError("kd_loss: labels are needed when alpha < 1")
     vocab = student_logits.shape[-1]
     s, t = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
+    labels = None if labels is None else labels.reshape(-1)
     if alpha == 0 and mask is None:
         # Exactly the cross-entropy train-labels uses, so α = 0 reproduces it bit for bit.
-        return F.cross_entropy(s, labels.reshape(-1), label_smoothing=label_smoothing)
-    if mask is not None:
-        # Drop masked rows before any maths: a padded row may hold NaN or all −inf,
-        # and NaN would leak into the gradient through a zero-weighted sum.
-        keep = mask.reshape(-1).to(torch.bool)
-        s, t = s[keep], t[keep]
-        labels = None if labels is None else labels.reshape(-1)[keep]
-        if len(s) == 0:
-            return (student_logits * 0).sum()
-    rows = torch.zeros(len(s), dtype=torch.promote_types(s.dtype, torch.float32), device=s.device)
-    if alpha > 0:
-        rows = rows + alpha * BACKENDS[resolve_backend(backend, s.device)](s, t, tau)
-    if alpha < 1:
-        rows = rows + (1 - alpha) * F.cross_entropy(s.to(rows.dtype), labels.reshape(-1), reduction="none",
-                                                    label_smoothing=label_smoothing)
-    return rows.mean()
+        return F.cross_entropy(s, labels, label_smoothing=label_smoothing)
+    mask = None if mask is None else mask.reshape(-1)
+    name = resolve_backend(backend, s.device)
+    return BACKENDS[name](s, t, tau=float(tau), alpha=float(alpha), labels=labels, mask=mask,
+                          label_smoothing=float(label_smoothing))

@@ -20,3 +20,25 @@ def kd_rows(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.T
     pt = log_pt.exp()
     terms = torch.where(pt > 0, pt * (log_pt - log_ps), torch.zeros((), dtype=dtype, device=pt.device))
     return tau * tau * terms.sum(-1)
+
+
+def eager_loss(student: torch.Tensor, teacher: torch.Tensor, *, tau: float, alpha: float,
+               labels: torch.Tensor | None, mask: torch.Tensor | None,
+               label_smoothing: float) -> torch.Tensor:
+    """Mean loss over the kept rows of [N, V] logits, differentiated by autograd."""
+    s, t = student, teacher
+    if mask is not None:
+        # Drop masked rows before any maths: a padded row may hold NaN or all −inf,
+        # and NaN would leak into the gradient through a zero-weighted sum.
+        keep = mask.to(torch.bool)
+        s, t = s[keep], t[keep]
+        labels = None if labels is None else labels[keep]
+        if len(s) == 0:  # 0, with a zero gradient even through NaN rows
+            return torch.where(keep[:, None], student, 0).sum().to(torch.promote_types(student.dtype, torch.float32))
+    rows = torch.zeros(len(s), dtype=torch.promote_types(s.dtype, torch.float32), device=s.device)
+    if alpha > 0:
+        rows = rows + alpha * kd_rows(s, t, tau)
+    if alpha < 1:
+        rows = rows + (1 - alpha) * F.cross_entropy(s.to(rows.dtype), labels, reduction="none",
+                                                    label_smoothing=label_smoothing)
+    return rows.mean()

@@ -20,6 +20,7 @@ from pathlib import Path
 # settings that define the arm.
 _NOT_IN_KEY = {"out", "stage", "overwrite", "resume", "device", "threads", "eval_batch_size",
                "eval_every", "teacher", "logits", "tau", "alpha", "kd_backend", "label_smoothing",
+               "match_smoothing_tau",
                "dataset", "dataset_args", "data_dir"}
 RUN_MARKERS = {"checkpoint.json", "model.safetensors", "metrics.parquet"}
 
@@ -58,12 +59,14 @@ def pair_key(run: dict) -> tuple:
 
 
 def arm(run: dict) -> str | None:
-    """'labels', 'kd τ=… α=…', 'ls ε=…', or None for runs that are not students of a teacher."""
+    """'labels', 'kd τ=… α=…', 'ls ε=…' / 'ls matched τ=…', or None for non-students."""
     ls = run["config"].get("label_smoothing", 0.0)
     if run.get("stage") == "distill":
         name = f"kd τ={run['kd']['tau']:g} α={run['kd']['alpha']:g}"
         return name + (f" ε={ls:g}" if ls else "")
     if run.get("stage") == "train-labels" and run.get("teacher"):
+        if run["config"].get("match_smoothing_tau"):
+            return f"ls matched τ={run['config']['match_smoothing_tau']:g}"
         return f"ls ε={ls:g}" if ls else "labels"
     return None
 

@@ -9,7 +9,8 @@ from kdcli.report.pairs import Pair
 from kdcli.report.stats import bootstrap_ci, mean_ci, pearson
 
 
-def _final(run: dict, key: str) -> float:
+def final_metric(run: dict, key: str) -> float:
+    """A final metric, NaN when the run did not record it."""
     value = run["final"].get(key)
     return math.nan if value is None else value
 
@@ -45,10 +46,10 @@ def pi_rows(pairs: list[Pair], teacher_acc: dict[str, float], group_by: tuple[st
             "arm_acc": _mean(arm_acc), "labels_acc": _mean(lab_acc),
             "pi": pi, "pi_lo": lo, "pi_hi": hi, "ci": "bootstrap" if bootstrap else "t",
             "teacher_acc": teacher_acc.get(teacher, math.nan),
-            "arm_agreement": 100 * _mean([_final(p.run, "teacher_agreement") for p in members]),
-            "labels_agreement": 100 * _mean([_final(p.labels, "teacher_agreement") for p in members]),
-            "arm_kl": _mean([_final(p.run, "teacher_kl") for p in members]),
-            "labels_kl": _mean([_final(p.labels, "teacher_kl") for p in members]),
+            "arm_agreement": 100 * _mean([final_metric(p.run, "teacher_agreement") for p in members]),
+            "labels_agreement": 100 * _mean([final_metric(p.labels, "teacher_agreement") for p in members]),
+            "arm_kl": _mean([final_metric(p.run, "teacher_kl") for p in members]),
+            "labels_kl": _mean([final_metric(p.labels, "teacher_kl") for p in members]),
             "seeds": sorted(p.run["config"]["seed"] for p in members),
         })
     return rows
@@ -62,9 +63,9 @@ def fidelity_correlation(pairs: list[Pair]) -> dict[str, dict[str, float]]:
         by_arm[p.arm].append(p)
     for name, members in sorted(by_arm.items()):
         pi = [100 * (p.run["final"]["test_acc"] - p.labels["final"]["test_acc"]) for p in members]
-        d_agree = [100 * (_final(p.run, "teacher_agreement") - _final(p.labels, "teacher_agreement"))
+        d_agree = [100 * (final_metric(p.run, "teacher_agreement") - final_metric(p.labels, "teacher_agreement"))
                    for p in members]
-        d_kl = [_final(p.labels, "teacher_kl") - _final(p.run, "teacher_kl") for p in members]
+        d_kl = [final_metric(p.labels, "teacher_kl") - final_metric(p.run, "teacher_kl") for p in members]
         out[name] = {"pairs": len(members), "r_pi_agreement_gain": pearson(pi, d_agree),
                      "r_pi_kl_reduction": pearson(pi, d_kl)}
     return out

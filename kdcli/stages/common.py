@@ -113,6 +113,24 @@ class Prepared:
     device: torch.device
 
 
+def matched_smoothing(cfg: TrainConfig, dataset: Dataset, teacher: TeacherSource | None,
+                      subset: Subset, device: torch.device) -> float:
+    """ε whose smoothed targets carry the teacher's mean non-target mass at τ on the subset.
+
+    PyTorch's smoothing puts ε·(C−1)/C on the non-target classes, so ε = m·C/(C−1)
+    for a mean non-target mass m = mean(1 − softmax(t/τ)[y]).
+    """
+    if teacher is None:
+        raise ConfigError("--match-smoothing-tau needs the teacher: give --teacher or --logits")
+    split = subset.split
+    logits = teacher_logits_for(teacher, "train", split.index.numpy(), split.x, dataset.normalise,
+                                device, cfg.eval_batch_size).double().cpu()
+    probs = torch.softmax(logits / cfg.match_smoothing_tau, dim=1)
+    mass = 1.0 - probs[torch.arange(len(split)), split.y].mean().item()
+    c = dataset.num_classes
+    return min(mass * c / (c - 1), 0.999)
+
+
 def check_resumable(cfg: TrainConfig) -> None:
     """--resume only continues a run started with the same (resolved) settings."""
     saved = json.loads((Path(cfg.out) / runs.CKPT_STATE).read_text()).get("config")
@@ -129,10 +147,14 @@ def prepare(cfg: TrainConfig, action: str) -> Prepared:
     if cfg.augment and not dataset.image:
         raise ConfigError(f"--augment: dataset {dataset.name!r} is not an image dataset; random crop "
                           "and flip apply to image datasets (cifar10, cifar100, parquet-images)")
-    if action == "resume":
-        check_resumable(cfg)
     subset = kappa_subset(dataset, cfg.kappa, cfg.subset_seed)
     device = select_device(cfg.device)
+    if cfg.match_smoothing_tau is not None:
+        if cfg.label_smoothing:
+            raise ConfigError("--match-smoothing-tau sets ε itself; drop --label-smoothing")
+        cfg = cfg.replace(label_smoothing=matched_smoothing(cfg, dataset, teacher, subset, device))
+    if action == "resume":
+        check_resumable(cfg)
     model, model_args = make_model(cfg, dataset, device)
     return Prepared(cfg, dataset, teacher, subset, model, model_args, device)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from kdcli.errors import ConfigError
 from kdcli.io.atomic import write_bytes, write_json
 from kdcli.report.pairs import Pair, Pairing, Scan, pair_runs, scan
-from kdcli.report.pi import fidelity_correlation, pi_rows
+from kdcli.report.pi import fidelity_correlation, final_metric, pi_rows
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class ReportResult:
 
 
 def _matches(run: dict, filters: list[tuple[str, str]]) -> bool:
+    """Runs that lack a filtered field (label students have no τ) are kept as baselines."""
     for key, value in filters:
         if key == "stage":
             have = run.get("stage")
@@ -49,7 +50,7 @@ def _matches(run: dict, filters: list[tuple[str, str]]) -> bool:
             have = run["dataset"]["name"]
         else:
             have = run["config"].get(key.replace("-", "_"))
-        if not _same(have, value):
+        if have is not None and not _same(have, value):
             return False
     return True
 
@@ -184,8 +185,8 @@ def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
     if plots and result.rows:
         written.append(P.pi_vs_kappa(result.rows, out / "pi_vs_kappa.png"))
         written.append(P.accuracy_vs_kappa(result.rows, out / "accuracy_vs_kappa.png"))
-        points = [(100 * (p.run["final"].get("teacher_agreement", math.nan)
-                          - p.labels["final"].get("teacher_agreement", math.nan)),
+        points = [(100 * (final_metric(p.run, "teacher_agreement")
+                          - final_metric(p.labels, "teacher_agreement")),
                    100 * (p.run["final"]["test_acc"] - p.labels["final"]["test_acc"]),
                    p.run["subset"]["kappa"]) for p in result.pairing.pairs]
         points = [pt for pt in points if not math.isnan(pt[0])]

@@ -1,0 +1,106 @@
+"""Every shipped example script runs as is, at tiny sizes (one test id each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+KDCLI = str(Path(sys.executable).parent / "kdcli")
+TINY = {"N_TRAIN": "300", "N_TEST": "200", "TEACHER_EPOCHS": "1", "STUDENT_STEPS": "3", "CHANNELS": "4",
+        "KAPPAS": "0.1 1", "SEEDS": "0", "KDCLI": KDCLI}
+
+
+def run_example(script: str, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **TINY, "OUT": str(tmp_path / "out"), **env}
+    proc = subprocess.run(["bash", str(EXAMPLES / script), *args], env=full_env, capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def report_rows(out: Path) -> list[dict]:
+    return json.loads((out / "report" / "report.json").read_text())["pi_vs_kappa"]
+
+
+def test_kappa_sweep(tmp_path):
+    proc = run_example("kappa_sweep.sh", tmp_path)
+    rows = report_rows(tmp_path / "out")
+    assert sorted(r["kappa"] for r in rows) == [0.1, 1.0]
+    assert all(r["pairs"] == 1 for r in rows)
+    assert "PI vs κ" in proc.stdout
+    assert (tmp_path / "out" / "report" / "pi_vs_kappa.png").is_file()
+
+
+@pytest.mark.slow
+def test_kappa_beyond_one(tmp_path):
+    run_example("kappa_beyond_one.sh", tmp_path, KAPPAS="0.5 2")
+    rows = report_rows(tmp_path / "out")
+    assert sorted(r["kappa"] for r in rows) == [0.5, 2.0]
+    assert max(r["n_train"] for r in rows) == 600
+
+
+@pytest.mark.slow
+def test_temperature_ablation(tmp_path):
+    run_example("temperature_ablation.sh", tmp_path, TAUS="1 4", ABLATION_KAPPAS="0.1")
+    table = json.loads((tmp_path / "out" / "report" / "report.json").read_text())["tau_kappa"]
+    assert [r["tau"] for r in table] == [1.0, 4.0]
+    assert (tmp_path / "out" / "report" / "tau_kappa_heatmap.png").is_file()
+
+
+@pytest.mark.slow
+def test_label_smoothing_control(tmp_path):
+    run_example("label_smoothing_control.sh", tmp_path, KAPPAS="0.1")
+    arms = {r["arm"] for r in report_rows(tmp_path / "out")}
+    assert arms == {"kd τ=4 α=1", "ls matched τ=4"}
+
+
+@pytest.mark.slow
+def test_cifar10_smoke(tmp_path):
+    data = SHARED_DATA / "cifar10-jpeg"
+    if not (data / "train.parquet").is_file():
+        pytest.skip(f"{data} is absent (the real CIFAR-10 JPEG copy lives beside the project)")
+    run_example("cifar10.sh", tmp_path, "--smoke", DATA_DIR=str(data), TEACHER_STEPS="2", STUDENT_STEPS="2",
+                KAPPAS="0.01", SEEDS="0")
+    rows = report_rows(tmp_path / "out-smoke")
+    assert [r["kappa"] for r in rows] == [0.01]
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# Stand-in for slurm's sbatch: runs the job at once (arrays task by task) and prints a job id.
+array=""; wrap=""; script=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --array=*) array=${1#--array=} ;;
+    --wrap) wrap=$2; shift ;;
+    --*) ;;
+    *) script=$1 ;;
+  esac
+  shift
+done
+if [[ -n "$wrap" ]]; then bash -c "$wrap" >&2
+else for i in $(seq "${array%-*}" "${array#*-}"); do SLURM_ARRAY_TASK_ID=$i bash "$script" >&2; done; fi
+echo "$RANDOM"
+"""
+
+
+@pytest.mark.slow
+def test_slurm_array(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(FAKE_SBATCH)
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    proc = run_example("slurm/submit.sh", tmp_path, KAPPAS="0.1,1", SEEDS="0",
+                       PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert "2 points × 2 methods" in proc.stdout
+    rows = report_rows(tmp_path / "out")
+    assert sorted(r["kappa"] for r in rows) == [0.1, 1.0]
