@@ -35,11 +35,16 @@ class MNIST1D(Dataset):
 
 
 @register_dataset("mnist1d")
-def mnist1d(n_train: int = 4000, n_test: int = 2000, seed: int = 42) -> MNIST1D:
+def mnist1d(n_train: int = 4000, n_test: int = 2000, seed: int = 42,
+            generator: str = gen.GENERATOR_VERSION) -> MNIST1D:
     """MNIST-1D (Greydanus 2020) from kdcli's vectorised generator.
 
     n_train is the pool (the teacher's n_T); κ > 1 draws further train samples.
+    `generator` is recorded in artifacts; only this kdcli's version can be rebuilt.
     """
+    if generator != gen.GENERATOR_VERSION:
+        raise ConfigError(f"--dataset-arg generator={generator}: this kdcli generates MNIST-1D with "
+                          f"{gen.GENERATOR_VERSION}; artifacts made with another generator cannot be rebuilt")
     for flag, value in (("n_train", n_train), ("n_test", n_test)):
         if int(value) < gen.NUM_CLASSES:
             raise ConfigError(f"--dataset-arg {flag}={value}: need at least {gen.NUM_CLASSES} samples")

@@ -43,3 +43,18 @@ def build_dataset(name: str, args: dict | None = None, data_dir: str | None = No
     if "data_dir" in params:
         return builder(data_dir=data_dir, **args)
     return builder(**args)
+
+
+def dataset_from_description(desc: dict, data_dir: str | None, where: str):
+    """Rebuild the dataset an artifact recorded (Dataset.describe()) and check its fingerprint.
+
+    `data_dir` overrides the recorded folder (data moved); `where` names the artifact
+    in the error when the data found is not the data recorded.
+    """
+    from kdcli.errors import ArtifactError
+
+    dataset = build_dataset(desc["name"], desc["args"], data_dir or desc.get("data_dir"))
+    if dataset.fingerprint != desc["fingerprint"]:
+        raise ArtifactError(f"{where}: dataset fingerprint mismatch; the data at "
+                            f"{dataset.data_dir or 'the generator'} is not the data recorded there")
+    return dataset

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from kdcli.config import TrainConfig
-from kdcli.data import Dataset, Subset, build_dataset, kappa_subset
+from kdcli.data import Dataset, Subset, build_dataset, dataset_from_description, kappa_subset
 from kdcli.errors import ArtifactError, ConfigError
 from kdcli.io import runs
 from kdcli.io.atomic import write_json
@@ -68,18 +68,14 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, TeacherSource 
     if cfg.dataset not in (None, tdata["name"]):
         raise ConfigError(f"--dataset {cfg.dataset}: the teacher ({where}) was trained on "
                           f"{tdata['name']!r}; a student's κ must refer to the teacher's pool")
-    builder_args = {k: v for k, v in tdata["args"].items() if k != "generator"}
-    if cfg.dataset_args and cfg.dataset_args != {k: builder_args.get(k) for k in cfg.dataset_args}:
-        raise ConfigError(f"--dataset-arg: differs from the teacher's dataset arguments {builder_args}")
-    dataset = build_dataset(tdata["name"], builder_args, cfg.data_dir or tdata["data_dir"])
-    if dataset.fingerprint != tdata["fingerprint"]:
-        raise ArtifactError(f"{where}: dataset fingerprint mismatch; the data at "
-                            f"{dataset.data_dir or 'the generator'} is not what the teacher was trained on")
+    if cfg.dataset_args and cfg.dataset_args != {k: tdata["args"].get(k) for k in cfg.dataset_args}:
+        raise ConfigError(f"--dataset-arg: differs from the teacher's dataset arguments {tdata['args']}")
+    dataset = dataset_from_description(tdata, cfg.data_dir, where)
     stored_classes = teacher.logits_meta["num_classes"] if teacher.logits_meta else tdata["num_classes"]
     if stored_classes != dataset.num_classes:
         raise ArtifactError(f"{where}: holds {stored_classes} classes, the dataset "
                             f"{tdata['name']!r} has {dataset.num_classes}")
-    cfg = cfg.replace(dataset=tdata["name"], dataset_args=builder_args,
+    cfg = cfg.replace(dataset=tdata["name"], dataset_args=dataset.args,
                       data_dir=dataset.data_dir, model=cfg.model or teacher.model_name)
     if cfg.model == teacher.model_name and not cfg.model_args:
         cfg = cfg.replace(model_args=_own_args(teacher.model_args))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from kdcli.config import DumpConfig
-from kdcli.data import build_dataset
+from kdcli.data import dataset_from_description
 from kdcli.errors import ArtifactError
 from kdcli.io.logits import read_metadata, write_logits
 from kdcli.io.provenance import now_iso, provenance
@@ -46,12 +46,7 @@ def run(cfg: DumpConfig, on_start=None, on_batch=None) -> DumpResult:
                                 "pass --overwrite to replace them")
         return DumpResult(out, True, {}, meta)
 
-    data = teacher.dataset
-    builder_args = {k: v for k, v in data["args"].items() if k != "generator"}
-    dataset = build_dataset(data["name"], builder_args, cfg.data_dir or data["data_dir"])
-    if dataset.fingerprint != data["fingerprint"]:
-        raise ArtifactError(f"--teacher {cfg.teacher}: dataset fingerprint mismatch; the data at "
-                            f"{dataset.data_dir or 'the generator'} is not what the teacher was trained on")
+    dataset = dataset_from_description(teacher.dataset, cfg.data_dir, f"--teacher {cfg.teacher}")
     if cfg.topk is not None and cfg.topk >= dataset.num_classes:
         raise ArtifactError(f"--topk {cfg.topk}: the teacher has only {dataset.num_classes} classes; "
                             "store full logits instead")
