@@ -30,13 +30,13 @@ def cka_cmd(
     estimator: Annotated[list[str] | None, typer.Option(
         "--estimator", "-e", help="linear, rbf, debiased (unbiased HSIC) or minibatch (streams; "
                                   "constant memory); repeatable or comma-separated. "
-                                  "[default: linear,debiased]", show_default=False)] = None,
+                                  "Default: linear and debiased.", show_default=False)] = None,
     rbf_sigma: Annotated[float, typer.Option(
         help="RBF bandwidth as a multiple of the median pairwise distance.")] = 1.0,
     batch_size: Annotated[int, typer.Option(
         help="Inference batch size, and the minibatch estimator's batch.")] = 256,
     bootstrap: Annotated[int, typer.Option(
-        help="Resamples for a 95% percentile bootstrap CI (over samples; over batches for "
+        help="Resamples for a 95% basic bootstrap CI (over samples; over batches for "
              "minibatch). 0: none.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the sample order and of the bootstrap.")] = 0,
     data_dir: o.DataDir = None,
@@ -61,10 +61,10 @@ def cka_cmd(
     from kdcli.cli.display import ProgressBar, console, err_console
     from kdcli.stages import cka
 
-    estimators = cka.parse_layers(estimator) or ("linear", "debiased")
+    estimators = cka.parse_names(estimator) or ("linear", "debiased")
     cfg = cka.CKAConfig(run_a=run_dirs[0], run_b=run_dirs[1], out=out, split=split,
-                        max_samples=max_samples, layers_a=cka.parse_layers(layers_a),
-                        layers_b=cka.parse_layers(layers_b), estimators=estimators,
+                        max_samples=max_samples, layers_a=cka.parse_names(layers_a),
+                        layers_b=cka.parse_names(layers_b), estimators=estimators,
                         rbf_sigma=rbf_sigma, batch_size=batch_size, bootstrap=bootstrap, seed=seed,
                         data_dir=data_dir, device=device, threads=threads, overwrite=overwrite)
     with ProgressBar(f"cka {out}", quiet) as bar:

@@ -155,13 +155,14 @@ def list_layers(run_dir: str, device: str = "cpu") -> tuple[dict, list[Layer]]:
     if default and default.endswith(":in"):
         names.append(default)
     with _Hooks(model, names, strict=False) as hooks, torch.inference_mode():
-        model(torch.zeros(2, *run["model"]["args"]["input_shape"], device=device))
+        shape = run["model"]["args"].get("input_shape") or run["dataset"]["input_shape"]
+        model(torch.zeros(2, *shape, device=device))
     modules = dict(model.named_modules())
     return run, [Layer(name, type(modules[name.partition(":")[0]]).__name__, hooks.shapes.get(name),
                        hooks.calls.get(name, 0), name == default) for name in names]
 
 
-def parse_layers(items: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+def parse_names(items: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     """Repeated flags and comma-separated lists both work: --layers-a a,b --layers-a c."""
     return tuple(part.strip() for item in items or () for part in item.split(",") if part.strip())
 
@@ -241,7 +242,7 @@ class _Hooks:
                     f"runs {calls} times per forward pass (a shared module), so its output is ambiguous"
                 raise ConfigError(f"{self.flag} {name}: in {self.label}'s model this layer {why}; "
                                   "choose another (kdcli cka --list-layers)")
-        return dict(self.out)
+        return {name: self.out[name] for name in self.names}  # as requested, not as they ran
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -262,11 +263,7 @@ def run(cfg: CKAConfig, callbacks=None) -> CKAResult:
         return previous
 
     dataset = _dataset(run_a, cfg)
-    split = dataset.split(cfg.split)
-    positions = torch.randperm(len(split), generator=torch.Generator().manual_seed(cfg.seed))
-    positions = positions[:cfg.max_samples] if cfg.max_samples else positions
-    M.check_n(len(positions), bool({"debiased", "minibatch"} & set(cfg.estimators)),
-              f"--split {cfg.split}: n")
+    split, positions = _samples(cfg, dataset)
     device = select_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(choose_threads(cfg.threads))
@@ -275,38 +272,53 @@ def run(cfg: CKAConfig, callbacks=None) -> CKAResult:
     layers_a = resolve_layers(model_a, cfg.layers_a, "--layers-a", "RUN_A")
     layers_b = resolve_layers(model_b, cfg.layers_b, "--layers-b", "RUN_B")
 
-    n_batches = -(-len(positions) // cfg.batch_size)
-    usable = len(positions) // cfg.batch_size + (len(positions) % cfg.batch_size >= 4)
-    if "minibatch" in cfg.estimators and cfg.bootstrap and usable < 2:
-        raise ConfigError(f"--bootstrap with the minibatch estimator resamples its batches, and "
-                          f"{len(positions)} samples make {usable}; lower --batch-size")
+    total = -(-len(positions) // cfg.batch_size) + cfg.bootstrap  # batches, then resamples
     if callbacks is not None:
-        callbacks.on_start(n_batches + cfg.bootstrap, 0)
+        callbacks.on_start(total, 0)
     step = callbacks.on_step if callbacks is not None else (lambda *_: None)
     with _Hooks(model_a, layers_a, flag="--layers-a", label="RUN_A") as hooks_a, \
             _Hooks(model_b, layers_b, flag="--layers-b", label="RUN_B") as hooks_b:
         feats_a, feats_b, dims, minibatch = _extract(cfg, hooks_a, hooks_b, split, positions,
                                                      dataset.normalise, device, step)
     del model_a, model_b
-
-    rows = []
-    rng = np.random.default_rng(cfg.seed)
-    full = [e for e in cfg.estimators if e in FULL_DATA]
-    if full:
-        values = _full_data(cfg, full, list(feats_a.values()), list(feats_b.values()),
-                            layers_a, layers_b, rng, step)
-        for e in full:
-            rows += _rows(e, values[e], layers_a, layers_b, dims, len(positions), None)
-    if minibatch is not None:
-        values = _minibatch(cfg, minibatch, rng)
-        rows += _rows("minibatch", values, layers_a, layers_b, dims, minibatch.n, minibatch.batches)
-    rows.sort(key=lambda r: cfg.estimators.index(r["estimator"]))
+    rows = _estimates(cfg, feats_a, feats_b, minibatch, layers_a, layers_b, dims, step)
     if callbacks is not None:
-        callbacks.on_step(n_batches + cfg.bootstrap)  # the minibatch bootstrap takes no time
+        callbacks.on_step(total)  # the minibatch bootstrap takes no time
 
     metadata = _metadata(cfg, settings, run_a, run_b, dataset, split, positions, started)
     _write(cfg.out, rows, metadata)
     return CKAResult(Path(cfg.out), False, rows, layers_a, layers_b, metadata)
+
+
+def _samples(cfg: CKAConfig, dataset):
+    """The split and a seeded random order of it (its first --max-samples)."""
+    split = dataset.split(cfg.split)
+    positions = torch.randperm(len(split), generator=torch.Generator().manual_seed(cfg.seed))
+    positions = positions[:cfg.max_samples] if cfg.max_samples else positions
+    n = len(positions)
+    M.check_n(n, bool({"debiased", "minibatch"} & set(cfg.estimators)), f"--split {cfg.split}: n")
+    usable = n // cfg.batch_size + (n % cfg.batch_size >= 4)
+    if "minibatch" in cfg.estimators and cfg.bootstrap and usable < 2:
+        raise ConfigError(f"--bootstrap with the minibatch estimator resamples its batches, and "
+                          f"{n} samples make {usable}; lower --batch-size")
+    return split, positions
+
+
+def _estimates(cfg: CKAConfig, feats_a: list, feats_b: list, minibatch: M.MinibatchCKA | None,
+               layers_a: list[str], layers_b: list[str], dims: tuple, step: Callable) -> list[dict]:
+    """The output rows, in the order of --estimator, then layer_a, then layer_b."""
+    rows = []
+    rng = np.random.default_rng(cfg.seed)
+    full = [e for e in cfg.estimators if e in FULL_DATA]
+    if full:
+        n = len(feats_a[0])
+        values = _full_data(cfg, full, feats_a, feats_b, layers_a, layers_b, rng, step)
+        for e in full:
+            rows += _rows(e, values[e], layers_a, layers_b, dims, n, None)
+    if minibatch is not None:
+        values = _minibatch(cfg, minibatch, rng)
+        rows += _rows("minibatch", values, layers_a, layers_b, dims, minibatch.n, minibatch.batches)
+    return sorted(rows, key=lambda r: cfg.estimators.index(r["estimator"]))
 
 
 def _check_same_dataset(run_a: dict, run_b: dict) -> None:
@@ -319,16 +331,10 @@ def _check_same_dataset(run_a: dict, run_b: dict) -> None:
 
 
 def _dataset(run_a: dict, cfg: CKAConfig):
-    from kdcli.data import build_dataset
+    from kdcli.data import dataset_from_description
 
-    desc = run_a["dataset"]
-    args = {k: v for k, v in desc["args"].items() if k != "generator"}
-    dataset = build_dataset(desc["name"], args, cfg.data_dir or desc["data_dir"])
-    if dataset.fingerprint != desc["fingerprint"]:
-        where = f"--data-dir {cfg.data_dir}" if cfg.data_dir else (desc["data_dir"] or "the generator")
-        raise ArtifactError(f"RUN_A {run_a['dir']}: dataset fingerprint mismatch; the data at {where} "
-                            "is not what the runs were trained on")
-    return dataset
+    where = f"--data-dir {cfg.data_dir}" if cfg.data_dir else f"RUN_A {run_a['dir']}"
+    return dataset_from_description(run_a["dataset"], cfg.data_dir, where)
 
 
 def _load_model(run: dict, label: str, device: torch.device) -> torch.nn.Module:
@@ -363,8 +369,8 @@ def _extract(cfg: CKAConfig, hooks_a: _Hooks, hooks_b: _Hooks, split, positions:
                     if not bool(torch.isfinite(f).all()):
                         raise DataError(f"{label} {(cfg.run_a, cfg.run_b)[side]}: layer {name!r} gives NaN "
                                         f"or inf features on the {cfg.split} split (in samples "
-                                        f"{start}–{start + len(pos) - 1} of the CKA order); the model's "
-                                        "weights are broken")
+                                        f"{start}–{start + len(pos) - 1} of the CKA order); check the "
+                                        "run's weights (a diverged run) and the data")
                     dims[side][name] = f.shape[1]
                     if keep:
                         if name not in feats[side]:
@@ -373,7 +379,8 @@ def _extract(cfg: CKAConfig, hooks_a: _Hooks, hooks_b: _Hooks, split, positions:
             if minibatch is not None and len(pos) >= 4:  # a last batch under 4 cannot be used
                 minibatch.update(list(outs[0].values()), list(outs[1].values()))
             step()
-    return feats[0], feats[1], (list(dims[0].values()), list(dims[1].values())), minibatch
+    return (list(feats[0].values()), list(feats[1].values()),
+            ([dims[0][k] for k in hooks_a.names], [dims[1][k] for k in hooks_b.names]), minibatch)
 
 
 def _buffer(n: int, d: int, device: torch.device) -> torch.Tensor:
