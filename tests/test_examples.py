@@ -104,3 +104,13 @@ def test_slurm_array(tmp_path):
     assert "2 points × 2 methods" in proc.stdout
     rows = report_rows(tmp_path / "out")
     assert sorted(r["kappa"] for r in rows) == [0.1, 1.0]
+
+
+@pytest.mark.slow
+def test_cka_alignment(tmp_path):
+    run_example("cka_alignment.sh", tmp_path, KAPPAS="0.1")
+    cka = json.loads((tmp_path / "out" / "report" / "report.json").read_text())["cka_vs_kappa"]
+    assert {(r["arm"], r["estimator"]) for r in cka} == {
+        ("kd τ=4 α=1", "linear"), ("kd τ=4 α=1", "debiased"), ("labels", "linear"), ("labels", "debiased")}
+    assert all(0 <= r["cka"] <= 1 for r in cka if r["estimator"] == "linear")
+    assert (tmp_path / "out" / "report" / "cka_vs_kappa.png").is_file()
