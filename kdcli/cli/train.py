@@ -1,13 +1,17 @@
-"""`train-teacher` and `train-labels`: thin commands over kdcli.stages.train."""
+"""The training commands (train-teacher, train-labels, distill) and dump-logits: thin
+layers over kdcli.stages."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated
 
 import typer
 
 from kdcli.cli import options as o
 from kdcli.cli.main import app
+
+KD_BACKEND = Annotated[str, typer.Option(help="KD loss backend: auto (triton on CUDA, fused on CPU, else eager), eager, fused or triton.")]
 
 
 def _train_config(stage: str, **kw):
@@ -44,127 +48,64 @@ def _run(cfg, quiet: bool, title: str) -> None:
         console.print(run_summary(title, {**result.run, "dir": str(result.run_dir)}))
 
 
-@app.command("train-teacher")
-def train_teacher(
-    out: o.Out,
-    dataset: o.Dataset = None,
-    dataset_arg: o.DatasetArg = None,
-    data_dir: o.DataDir = None,
-    model: o.Model = None,
-    model_arg: o.ModelArg = None,
-    seed: o.Seed = 0,
-    epochs: o.Epochs = 30,
-    steps: o.Steps = None,
-    batch_size: o.BatchSize = 128,
-    optimizer: o.Optimizer = "adamw",
-    lr: o.Lr = 1e-3,
-    momentum: o.Momentum = 0.9,
-    weight_decay: o.WeightDecay = 0.0,
-    schedule: o.Schedule = "cosine",
-    warmup_epochs: o.WarmupEpochs = 0.0,
-    label_smoothing: o.LabelSmoothing = 0.0,
-    grad_clip: o.GradClip = None,
-    augment: o.Augment = False,
-    eval_every: o.EvalEvery = 1,
-    device: o.Device = "auto",
-    threads: o.Threads = None,
-    overwrite: o.Overwrite = False,
-    resume: o.Resume = False,
-    quiet: o.Quiet = False,
-    grid: o.Grid = None,
-    task_index: o.TaskIndex = None,
-    print_grid: o.PrintGrid = False,
-) -> None:
-    """Train a teacher on the dataset's whole train split (its pool of n_T samples)."""
-    cfg = _train_config("train-teacher", **locals())
-    _run(cfg, quiet, "teacher")
+# The options every training stage shares, declared once: (name, annotation, default).
+# Each command below prepends its own; the signature typer reads is built from both.
+TRAINING_OPTIONS = [
+    ("dataset", o.Dataset, None), ("dataset_arg", o.DatasetArg, None), ("data_dir", o.DataDir, None),
+    ("model", o.Model, None), ("model_arg", o.ModelArg, None), ("seed", o.Seed, 0),
+    ("epochs", o.Epochs, 30), ("steps", o.Steps, None), ("batch_size", o.BatchSize, 128),
+    ("optimizer", o.Optimizer, "adamw"), ("lr", o.Lr, 1e-3), ("momentum", o.Momentum, 0.9),
+    ("weight_decay", o.WeightDecay, 0.0), ("schedule", o.Schedule, "cosine"),
+    ("warmup_epochs", o.WarmupEpochs, 0.0), ("label_smoothing", o.LabelSmoothing, 0.0),
+    ("grad_clip", o.GradClip, None), ("augment", o.Augment, False), ("eval_every", o.EvalEvery, 1),
+    ("device", o.Device, "auto"), ("threads", o.Threads, None), ("overwrite", o.Overwrite, False),
+    ("resume", o.Resume, False), ("quiet", o.Quiet, False), ("grid", o.Grid, None),
+    ("task_index", o.TaskIndex, None), ("print_grid", o.PrintGrid, False),
+]
+STUDENT_OPTIONS = [
+    ("kappa", o.Kappa, 1.0), ("subset_seed", o.SubsetSeed, 0),
+]
 
 
-@app.command("train-labels")
-def train_labels(
-    out: o.Out,
-    teacher: o.Teacher = None,
-    logits: o.Logits = None,
-    kappa: o.Kappa = 1.0,
-    subset_seed: o.SubsetSeed = 0,
-    dataset: o.Dataset = None,
-    dataset_arg: o.DatasetArg = None,
-    data_dir: o.DataDir = None,
-    model: o.Model = None,
-    model_arg: o.ModelArg = None,
-    seed: o.Seed = 0,
-    epochs: o.Epochs = 30,
-    steps: o.Steps = None,
-    batch_size: o.BatchSize = 128,
-    optimizer: o.Optimizer = "adamw",
-    lr: o.Lr = 1e-3,
-    momentum: o.Momentum = 0.9,
-    weight_decay: o.WeightDecay = 0.0,
-    schedule: o.Schedule = "cosine",
-    warmup_epochs: o.WarmupEpochs = 0.0,
-    label_smoothing: o.LabelSmoothing = 0.0,
-    match_smoothing_tau: Annotated[float | None, typer.Option(
-        help="Label-smoothing control: ε = the teacher's mean non-target mass at this τ on the subset.")] = None,
-    grad_clip: o.GradClip = None,
-    augment: o.Augment = False,
-    eval_every: o.EvalEvery = 1,
-    device: o.Device = "auto",
-    threads: o.Threads = None,
-    overwrite: o.Overwrite = False,
-    resume: o.Resume = False,
-    quiet: o.Quiet = False,
-    grid: o.Grid = None,
-    task_index: o.TaskIndex = None,
-    print_grid: o.PrintGrid = False,
-) -> None:
-    """Train a student on hard labels from a κ subset (the baseline a distilled student is paired with)."""
-    cfg = _train_config("train-labels", **locals())
-    _run(cfg, quiet, "label-trained student")
+def _training_command(name: str, stage: str, title: str, own: list[tuple], doc: str) -> None:
+    """Register `kdcli NAME` with its own options followed by TRAINING_OPTIONS."""
+
+    def command(**kw) -> None:
+        quiet = kw["quiet"]
+        _run(_train_config(stage, **kw), quiet, title)
+
+    params = [inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=o.Out)]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+               for n, a, d in own + TRAINING_OPTIONS]
+    command.__signature__ = inspect.Signature(params)
+    command.__name__ = name.replace("-", "_")
+    command.__doc__ = doc
+    app.command(name)(command)
 
 
-@app.command("distill")
-def distill_cmd(
-    out: o.Out,
-    logits: o.Logits = None,
-    teacher: Annotated[str | None, typer.Option(
-        help="Teacher run dir. Alone: online distillation (teacher forward per batch, needed with "
-             "--augment); with --logits: checked against the file.")] = None,
-    kappa: o.Kappa = 1.0,
-    subset_seed: o.SubsetSeed = 0,
-    tau: Annotated[float, typer.Option(help="Temperature τ of both softmaxes in the KL term.")] = 4.0,
-    alpha: Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha weighs hard-label CE.")] = 1.0,
-    kd_backend: Annotated[str, typer.Option(help="KD loss backend: auto or eager.")] = "auto",
-    dataset: o.Dataset = None,
-    dataset_arg: o.DatasetArg = None,
-    data_dir: o.DataDir = None,
-    model: o.Model = None,
-    model_arg: o.ModelArg = None,
-    seed: o.Seed = 0,
-    epochs: o.Epochs = 30,
-    steps: o.Steps = None,
-    batch_size: o.BatchSize = 128,
-    optimizer: o.Optimizer = "adamw",
-    lr: o.Lr = 1e-3,
-    momentum: o.Momentum = 0.9,
-    weight_decay: o.WeightDecay = 0.0,
-    schedule: o.Schedule = "cosine",
-    warmup_epochs: o.WarmupEpochs = 0.0,
-    label_smoothing: o.LabelSmoothing = 0.0,
-    grad_clip: o.GradClip = None,
-    augment: o.Augment = False,
-    eval_every: o.EvalEvery = 1,
-    device: o.Device = "auto",
-    threads: o.Threads = None,
-    overwrite: o.Overwrite = False,
-    resume: o.Resume = False,
-    quiet: o.Quiet = False,
-    grid: o.Grid = None,
-    task_index: o.TaskIndex = None,
-    print_grid: o.PrintGrid = False,
-) -> None:
-    """Train a student on a teacher's soft labels: α·τ²·KL(t/τ ‖ s/τ) + (1−α)·CE, on a κ subset."""
-    cfg = _train_config("distill", **locals())
-    _run(cfg, quiet, "distilled student")
+_training_command(
+    "train-teacher", "train-teacher", "teacher", [],
+    "Train a teacher on the dataset's whole train split (its pool of n_T samples).")
+
+_training_command(
+    "train-labels", "train-labels", "label-trained student",
+    [("teacher", o.Teacher, None), ("logits", o.Logits, None), *STUDENT_OPTIONS,
+     ("match_smoothing_tau", Annotated[float | None, typer.Option(
+         help="Label-smoothing control: ε = the teacher's mean non-target mass at this τ on the "
+              "subset.")], None)],
+    "Train a student on hard labels from a κ subset (the baseline a distilled student is paired with).")
+
+_training_command(
+    "distill", "distill", "distilled student",
+    [("logits", o.Logits, None),
+     ("teacher", Annotated[str | None, typer.Option(
+         help="Teacher run dir. Alone: online distillation (teacher forward per batch, needed with "
+              "--augment); with --logits: checked against the file.")], None),
+     *STUDENT_OPTIONS,
+     ("tau", Annotated[float, typer.Option(help="Temperature τ of both softmaxes in the KL term.")], 4.0),
+     ("alpha", Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha weighs hard-label CE.")], 1.0),
+     ("kd_backend", KD_BACKEND, "auto")],
+    "Train a student on a teacher's soft labels: α·τ²·KL(t/τ ‖ s/τ) + (1−α)·CE, on a κ subset.")
 
 
 @app.command("dump-logits")
