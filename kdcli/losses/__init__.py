@@ -19,6 +19,7 @@ otherwise; `resolve_backend` says which, for provenance.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Callable
@@ -46,13 +47,18 @@ BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def triton_usable(device: torch.device | str) -> bool:
     """Whether the Triton kernel can run on tensors of `device` (without importing triton).
 
     On the CPU only under TRITON_INTERPRET=1, Triton's interpreter, which is how
     the kernel is tested without a GPU (slowly: never picked by `auto` there).
     """
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return False
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True
@@ -98,5 +104,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tau: 
         return F.cross_entropy(s, labels, label_smoothing=label_smoothing)
     mask = None if mask is None else mask.reshape(-1)
     name = resolve_backend(backend, s.device)
+    if len(s) == 0:  # no rows: 0, as with no kept rows
+        return s.sum().to(torch.promote_types(s.dtype, torch.float32))
     return BACKENDS[name](s, t, tau=float(tau), alpha=float(alpha), labels=labels, mask=mask,
                           label_smoothing=float(label_smoothing))

@@ -33,8 +33,9 @@ def eager_loss(student: torch.Tensor, teacher: torch.Tensor, *, tau: float, alph
         keep = mask.to(torch.bool)
         s, t = s[keep], t[keep]
         labels = None if labels is None else labels[keep]
-        if len(s) == 0:  # 0, with a zero gradient even through NaN rows
-            return torch.where(keep[:, None], student, 0).sum().to(torch.promote_types(student.dtype, torch.float32))
+        if len(s) == 0:  # 0, with a zero gradient even through rows of NaN
+            zero = torch.where(keep[:, None], student, 0).sum()
+            return zero.to(torch.promote_types(zero.dtype, torch.float32))
     rows = torch.zeros(len(s), dtype=torch.promote_types(s.dtype, torch.float32), device=s.device)
     if alpha > 0:
         rows = rows + alpha * kd_rows(s, t, tau)

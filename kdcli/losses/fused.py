@@ -3,7 +3,7 @@
 Per row, with z = (x − max x)/τ for student x = s and teacher x = t,
 S = Σ exp(z), p = exp(z)/S, and z¹, S¹, p¹ the same at τ = 1 for the CE term:
 
-    τ²·KL   = τ²·(Σ_{p_t>0} p_t·(z_t − z_s) + log S_s − log S_t)
+    τ²·KL   = τ²·(Σ_{p_t>0} p_t·(z_t − z_s) + log(1 + Σ(e^z_s − e^z_t)/S_t))
     CE      = log S¹ − (1−ε)·z¹_y − (ε/V)·Σ z¹
     d/ds    = α·τ·(p_s − p_t) + (1−α)·(p¹ − (1−ε)·onehot(y) − ε/V)
 
@@ -32,20 +32,22 @@ import torch
 
 from kdcli.losses.precomputed import attach_grad
 
-# Smallest N·V worth compiling for: a 512×32000 call saves ~0.5 s over eager, a
-# 128×10 call a few microseconds.
-COMPILE_MIN_ELEMENTS = 1 << 20
+# Smallest N·V worth compiling for (benchmarks/kd_loss.py): from here on a call
+# saves ≥ 5 ms over the uncompiled path, repaying the compile within ~1000 steps;
+# a 128×10 call would save microseconds.
+COMPILE_MIN_ELEMENTS = 1 << 18
 # Rows per block in eager mode: about 2^16 logits, so its temporaries stay small.
 EAGER_BLOCK_ELEMENTS = 1 << 16
 
 
 def _rows_and_grad(s, t, labels, weight, tau: float, alpha: float, eps: float,
                    with_kd: bool, with_ce: bool):
-    """Row pieces of the loss and the weighted gradient for a block of rows.
+    """Per-row pieces of the loss, and the weighted gradient, for a block of rows.
 
-    Returns (kl_part, log-normalisers..., grad); `_finish_rows` turns the pieces
-    into row losses. The logs of the row sums stay outside this function so that
-    Inductor fuses everything here into a single loop over rows.
+    Returns (Σ p_t·(z_t − z_s), Σ(e^z_s − e^z_t), S_t) if with_kd, then
+    (S¹, z¹_y, Σ z¹) if with_ce, then the gradient; `_finish_rows` makes row
+    losses of the pieces. Their logs are taken there, outside: an [N]-sized op
+    in here would stop Inductor from fusing everything into one loop over rows.
     """
     dtype = torch.promote_types(s.dtype, torch.float32)
     x = s.to(dtype)
@@ -62,8 +64,11 @@ def _rows_and_grad(s, t, labels, weight, tau: float, alpha: float, eps: float,
         pt = et / st
         # p_t = 0 (teacher −inf) contributes 0, not 0·(−inf − z_s) = NaN.
         kl_part = torch.where(et > 0, pt * (zt - zs), 0).sum(1)
+        # S_s − S_t summed term by term: at large τ both sums are ≈ V and their
+        # difference is tiny, so it must not come from subtracting them.
+        gap = (es - et).sum(1)
         grad = grad + (alpha * tau) * (es / ss - pt)
-        pieces += [kl_part, ss.squeeze(1), st.squeeze(1)]
+        pieces += [kl_part, gap, st.squeeze(1)]
     if with_ce:
         z1 = x - mx
         s1 = z1.exp().sum(1, keepdim=True)
@@ -82,8 +87,8 @@ def _finish_rows(pieces, tau, alpha, eps, vocab, with_kd, with_ce):
     """Row losses from `_rows_and_grad`'s pieces (cheap [N]-sized arithmetic)."""
     rows = 0
     if with_kd:
-        kl_part, ss, st = pieces[:3]
-        rows = rows + alpha * tau * tau * (kl_part + ss.log() - st.log())
+        kl_part, gap, st = pieces[:3]
+        rows = rows + alpha * tau * tau * (kl_part + torch.log1p(gap / st))  # + log(S_s/S_t)
         pieces = pieces[3:]
     if with_ce:
         s1, z1_y, z1_sum = pieces
@@ -96,14 +101,12 @@ def _finish_rows(pieces, tau, alpha, eps, vocab, with_kd, with_ce):
 
 @functools.cache
 def compile_available() -> bool:
-    """Whether torch.compile can build C++ kernels here (a compiler and Python headers)."""
-    try:
-        import torch._dynamo
+    """Whether torch.compile should be able to build C++ kernels here.
 
-        if not torch._dynamo.is_dynamo_supported():
-            return False
-    except Exception:  # a torch without dynamo
-        return False
+    A cheap look for a C++ compiler and the Python headers, so that choosing a
+    backend imports nothing heavy; whatever else can go wrong is caught on the
+    first compile (`_run_compiled`).
+    """
     include = sysconfig.get_paths().get("include", "")
     compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
     return os.path.exists(os.path.join(include, "Python.h")) and any(
@@ -147,23 +150,27 @@ def _run_blocks(s, t, labels, weight, *flags):
 
 def fused_loss(student: torch.Tensor, teacher: torch.Tensor, *, tau: float, alpha: float,
                labels: torch.Tensor | None, mask: torch.Tensor | None,
-               label_smoothing: float) -> torch.Tensor:
-    """Mean KD loss over the kept rows of [N, V] logits, with its gradient attached."""
+               label_smoothing: float, compiled: bool | None = None) -> torch.Tensor:
+    """Mean KD loss over the kept rows of [N, V] logits, with its gradient attached.
+
+    compiled: force (True) or skip (False) torch.compile; None decides by size.
+    """
     n, vocab = student.shape
+    device, dtype = student.device, torch.promote_types(student.dtype, torch.float32)
     with_kd, with_ce = alpha > 0, alpha < 1
-    keep = torch.ones(n, dtype=torch.bool, device=student.device) if mask is None else mask.to(torch.bool)
-    kept = keep.sum()
-    weight = keep / kept.clamp(min=1)  # 1/n_kept per kept row, 0 per masked row: no host sync
-    weight = weight.to(torch.promote_types(student.dtype, torch.float32))
-    labels = torch.zeros(n, dtype=torch.long, device=student.device) if labels is None else labels
+    keep = torch.ones(n, dtype=torch.bool, device=device) if mask is None else mask.to(torch.bool)
+    weight = keep.to(dtype) / keep.sum().clamp(min=1)  # 1/n_kept, 0 if masked; no host sync
+    labels = torch.zeros(n, dtype=torch.long, device=device) if labels is None else labels
     labels = torch.where(keep, labels, 0)  # a masked row may carry an ignore index like −100
-    s, t = student.detach(), teacher.detach()
-    args = (s, t, labels, weight, tau, alpha, label_smoothing, with_kd, with_ce)
-    out = _run_compiled(*args) if n * vocab >= COMPILE_MIN_ELEMENTS else None
-    if out is None:
-        with torch.no_grad():
+    args = (student.detach(), teacher.detach(), labels, weight, tau, alpha, label_smoothing,
+            with_kd, with_ce)
+    if compiled is None:
+        compiled = n * vocab >= COMPILE_MIN_ELEMENTS
+    with torch.no_grad():
+        out = _run_compiled(*args) if compiled else None
+        if out is None:
             out = _run_blocks(*args)
-    *pieces, grad = out
-    rows = _finish_rows(pieces, tau, alpha, label_smoothing, vocab, with_kd, with_ce)
-    loss = torch.where(keep, rows * weight, 0).sum()
+        *pieces, grad = out
+        rows = _finish_rows(pieces, tau, alpha, label_smoothing, vocab, with_kd, with_ce)
+        loss = torch.where(keep, rows * weight, 0).sum()
     return attach_grad(student, loss, grad)
