@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from kdcli.config import TrainConfig
 from kdcli.errors import ArtifactError, ConfigError
@@ -272,9 +273,21 @@ def test_overwrite_restarts_an_interrupted_run(interrupted):
     assert not (interrupted / "checkpoint.json").exists()
 
 
-def test_resume_without_a_run_is_refused(tmp_path):
-    with pytest.raises(ArtifactError, match="no run to resume"):
-        train.run(tiny_config(tmp_path / "new", resume=True))
+def test_resume_without_a_run_starts_fresh(tmp_path):
+    """A re-submitted slurm array passes --resume to every task: new points just start."""
+    resumed = train.run(tiny_config(tmp_path / "new", resume=True))
+    plain = train.run(tiny_config(tmp_path / "plain"))
+    a, b = load_file(resumed.run_dir / "model.safetensors"), load_file(plain.run_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_completed_run_with_other_settings_is_refused(tmp_path):
+    done = train.run(tiny_config(tmp_path / "run"))
+    before = (done.run_dir / "run.json").read_bytes()
+    with pytest.raises(ArtifactError, match=r"other settings \(lr\)"):
+        train.run(tiny_config(tmp_path / "run", lr=0.1))
+    assert (done.run_dir / "run.json").read_bytes() == before
+    assert train.run(tiny_config(tmp_path / "run")).skipped
 
 
 def test_foreign_directory_is_refused(tmp_path):

@@ -17,12 +17,13 @@ from kdcli.io import runs
 from kdcli.io.atomic import write_json
 from kdcli.io.checkpoint import save_model
 from kdcli.io.hashing import sha256_file
-from kdcli.io.provenance import provenance
+from kdcli.io.provenance import now_iso, provenance
 from kdcli.io.tables import write_metrics, write_table
 from kdcli.metrics.fidelity import fidelity
 from kdcli.models import build_model, resolve_model_args
 from kdcli.stages.teacher import TeacherSource, resolve_teacher, teacher_logits_for
 from kdcli.train.device import choose_threads, select_device
+from kdcli.train.loop import fit
 from kdcli.train.state import clear_state
 
 
@@ -41,7 +42,10 @@ def guard_run_dir(cfg: TrainConfig) -> str:
         raise ArtifactError(f"--out {cfg.out}: exists and is not a kdcli run directory; "
                             "choose an empty or new directory")
     if status == "complete":
-        return "fresh" if cfg.overwrite else "skip"
+        if cfg.overwrite:
+            return "fresh"
+        check_same_settings(cfg)
+        return "skip"
     if status == "partial":
         if cfg.overwrite:
             return "fresh"
@@ -52,9 +56,25 @@ def guard_run_dir(cfg: TrainConfig) -> str:
             raise ArtifactError(f"--out {cfg.out}: interrupted before its first checkpoint; "
                                 "nothing to resume, use --overwrite")
         return "resume"
-    if cfg.resume:
-        raise ArtifactError(f"--resume: {cfg.out} holds no run to resume")
-    return "fresh"
+    return "fresh"  # with --resume too: a slurm re-run resumes what it can and starts the rest
+
+
+# Fields filled in from the teacher when not given; a skip check cannot compare them unresolved.
+_RESOLVED_LATER = {"dataset": None, "model": None, "dataset_args": {}, "model_args": {}, "data_dir": None}
+
+
+def check_same_settings(cfg: TrainConfig) -> None:
+    """A completed run is only skipped when it was made with the settings asked for now."""
+    saved = json.loads((Path(cfg.out) / runs.RUN_JSON).read_text()).get("config", {})
+    current = json.loads(json.dumps(cfg.training_fields()))
+    changed = sorted(
+        k for k, v in current.items()
+        if not (k in _RESOLVED_LATER and v == _RESOLVED_LATER[k])
+        and not (k == "label_smoothing" and cfg.match_smoothing_tau is not None)
+        and saved.get(k, v) != v)
+    if changed:
+        raise ArtifactError(f"--out {cfg.out}: holds a completed run made with other settings "
+                            f"({', '.join(changed)}); choose another --out or pass --overwrite")
 
 
 def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, TeacherSource | None]:
@@ -152,7 +172,44 @@ def prepare(cfg: TrainConfig, action: str) -> Prepared:
     if action == "resume":
         check_resumable(cfg)
     model, model_args = make_model(cfg, dataset, device)
+    check_forward(model, dataset, subset, device, cfg.model)
     return Prepared(cfg, dataset, teacher, subset, model, model_args, device)
+
+
+def check_forward(model: torch.nn.Module, dataset: Dataset, subset: Subset, device: torch.device,
+                  name: str) -> None:
+    """One forward pass on two samples, so a model that cannot take this data fails before --out is touched."""
+    x = dataset.normalise(subset.split.x[:2].to(device))
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except RuntimeError as exc:
+        raise ConfigError(f"--model {name}: cannot take {dataset.name} inputs of shape "
+                          f"{tuple(dataset.input_shape)} ({str(exc).splitlines()[0]})") from None
+    finally:
+        model.train()
+    if out.shape[-1] != dataset.num_classes:
+        raise ConfigError(f"--model {name}: gives {out.shape[-1]} outputs for {dataset.num_classes} classes")
+
+
+def run_stage(cfg: TrainConfig, callbacks, *, method: str, make_loss, stage_info=None) -> RunResult:
+    """The skeleton of every training stage: guard --out, resolve and check all inputs,
+    then train and write the artifacts. `make_loss(prepared)` returns the loop's loss_fn
+    (and may load a teacher); `stage_info(prepared)` adds fields to run.json."""
+    action = guard_run_dir(cfg)
+    if action == "skip":
+        return skipped(cfg)
+    started = now_iso()
+    p = prepare(cfg, action)
+    loss_fn = make_loss(p)
+    extra = fidelity_metrics(p)  # reads teacher logits: a bad file fails here, before --out
+    out = start_run_dir(p.cfg, action)
+    rows = fit(p.cfg, p.model, p.subset.split, p.dataset.test(), normalise=p.dataset.normalise,
+               loss_fn=loss_fn, device=p.device, run_dir=out, callbacks=callbacks, extra_metrics=extra)
+    info = {"method": method, **(stage_info(p) if stage_info else {})}
+    run = finish_run(p.cfg, out, stage_info=info, model=p.model, model_args=p.model_args,
+                     dataset=p.dataset, subset=p.subset, rows=rows, started=started, teacher=p.teacher)
+    return RunResult(out, False, run, rows)
 
 
 def fidelity_metrics(p: Prepared):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from kdcli.config import TrainConfig
 from kdcli.data.augment import augment
 from kdcli.data.base import Split
+from kdcli.io.runs import CKPT_STATE
 from kdcli.train.schedule import lr_at, make_optimizer
 from kdcli.train.state import load_state, save_state
 
@@ -77,9 +78,12 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, test: Split, *,
     optimizer = make_optimizer(cfg, model)
     generators = {"order": torch.Generator().manual_seed(cfg.seed),
                   "augment": torch.Generator().manual_seed(cfg.seed + 1_000_003)}
+    # Loading a teacher builds a network and draws from the global RNG; reseed so the
+    # global stream (dropout, stochastic depth) is the same in both arms of a pair.
+    torch.manual_seed(cfg.seed + 2_000_003)
     rows: list[dict] = []
     epoch = step = 0
-    if cfg.resume:
+    if cfg.resume and (run_dir / CKPT_STATE).is_file():
         progress = load_state(run_dir, model=model, optimizer=optimizer, generators=generators)
         epoch, step, rows = progress["epoch"], progress["step"], progress["rows"]
 

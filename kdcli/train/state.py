@@ -33,6 +33,8 @@ def save_state(run_dir: Path, *, model, optimizer, generators: dict[str, torch.G
     for name, gen in generators.items():
         tensors[f"rng.{name}"] = gen.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": st for i, st in enumerate(torch.cuda.get_rng_state_all())})
     save_tensors(run_dir / CKPT_TENSORS, tensors, {"format": "kdcli-train-state"})
     write_json(run_dir / CKPT_STATE, {
         **progress,
@@ -63,6 +65,9 @@ def load_state(run_dir: Path, *, model, optimizer, generators: dict[str, torch.G
     for name, gen in generators.items():
         gen.set_state(tensors[f"rng.{name}"])
     torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
     return state
 
 
