@@ -122,7 +122,7 @@ def test_tau_table_label_smoothing_and_filters(tmp_path):
             write_run(tmp_path, f"kd/{tau}/{k}", stage="distill", acc=0.5 + tau / 100 + (k < 1) / 10,
                       kappa=k, tau=tau)
     res = report.run(report.ReportConfig(root=str(tmp_path), out=str(tmp_path / "rep")))
-    t = res.tau_table
+    (t,) = res.tau_tables
     assert t["taus"] == [1.0, 4.0] and t["kappas"] == [0.1, 1.0]
     np.testing.assert_allclose(t["pi"], [[11.0, 1.0], [14.0, 4.0]])
     assert res.ls_table[0]["ls ε=0.1"] == pytest.approx(2.0)
@@ -153,3 +153,38 @@ def test_two_thousand_runs(tmp_path):
 def test_missing_root(tmp_path):
     with pytest.raises(ConfigError, match="ROOT"):
         report.run(report.ReportConfig(root=str(tmp_path / "nope")))
+
+
+def test_pairs_with_different_settings_are_not_pooled(tmp_path):
+    write_run(tmp_path, "teacher", stage="train-teacher", acc=0.9, run_id="T1")
+    for s in range(2):
+        for lr, kd_acc in ((0.001, 0.6), (0.03, 0.4)):
+            write_run(tmp_path, f"kd/{lr}/{s}", stage="distill", acc=kd_acc, seed=s, tau=4.0, lr=lr)
+            write_run(tmp_path, f"lab/{lr}/{s}", stage="train-labels", acc=0.5, seed=s, lr=lr)
+    res = report.run(report.ReportConfig(root=str(tmp_path)))
+    assert res.group_by == ("lr",)
+    assert sorted((r["lr"], round(r["pi"], 6), r["pairs"]) for r in res.rows) == [(0.001, 10.0, 2), (0.03, -10.0, 2)]
+
+
+def test_steps_override_epochs_in_pairing_and_runs_without_teacher_are_listed(tmp_path):
+    kd = write_run(tmp_path, "kd", stage="distill", acc=0.6, tau=4.0)
+    kd["config"]["epochs"] = 40  # ignored: both ran --steps 100
+    (tmp_path / "kd" / "run.json").write_text(json.dumps(kd))
+    write_run(tmp_path, "lab", stage="train-labels", acc=0.5)
+    lone = write_run(tmp_path, "lone", stage="train-labels", acc=0.5, seed=3)
+    lone["teacher"] = None
+    (tmp_path / "lone" / "run.json").write_text(json.dumps(lone))
+    res = report.run(report.ReportConfig(root=str(tmp_path)))
+    assert [r["pairs"] for r in res.rows] == [1]
+    assert [Path(r["dir"]).name for r in res.pairing.no_teacher] == ["lone"]
+
+
+def test_control_table_keeps_arms_missing_at_some_kappa(tmp_path):
+    write_run(tmp_path, "teacher", stage="train-teacher", acc=0.9, run_id="T1")
+    for k in (0.1, 1.0):
+        write_run(tmp_path, f"lab/{k}", stage="train-labels", acc=0.5, kappa=k)
+        write_run(tmp_path, f"kd/{k}", stage="distill", acc=0.6, kappa=k, tau=4.0)
+    write_run(tmp_path, "ls/0.1", stage="train-labels", acc=0.55, kappa=0.1, eps=0.2)
+    res = report.run(report.ReportConfig(root=str(tmp_path), out=str(tmp_path / "rep")))
+    assert math.isnan(res.ls_table[1]["ls ε=0.2"]) and res.ls_table[0]["ls ε=0.2"] == pytest.approx(5.0)
+    assert "label smoothing control" in (tmp_path / "rep" / "report.md").read_text()

@@ -37,21 +37,21 @@ def report_cmd(
     result = report.run(cfg)
     ci_name = f"95% CI ({'bootstrap' if bootstrap else 't'})"
     table = Table(title=f"PI vs κ — {root}", header_style="bold")
-    cols = ["arm", "model", *cfg.group_by, "κ", "n", "pairs", "arm acc", "labels acc", "PI", ci_name,
+    cols = ["arm", "model", *result.group_by, "κ", "n", "pairs", "arm acc", "labels acc", "PI", ci_name,
             "teacher acc", "agree arm/labels", "KL arm/labels"]
     for name in cols:
         table.add_column(name, justify="left" if name in ("arm", "model") else "right")
     for r in result.rows:
         ci = "—" if math.isnan(r["pi_lo"]) else f"[{r['pi_lo']:+.2f}, {r['pi_hi']:+.2f}]"
-        table.add_row(r["arm"], r["model"], *(str(r[g]) for g in cfg.group_by), f"{r['kappa']:g}",
+        table.add_row(r["arm"], r["model"], *(str(r[g]) for g in result.group_by), f"{r['kappa']:g}",
                       str(r["n_train"]), str(r["pairs"]), _f(r["arm_acc"]), _f(r["labels_acc"]),
                       _f(r["pi"], "+.2f"), ci, _f(r["teacher_acc"]),
                       f"{_f(r['arm_agreement'], '.1f')}/{_f(r['labels_agreement'], '.1f')}",
                       f"{_f(r['arm_kl'], '.3f')}/{_f(r['labels_kl'], '.3f')}")
     console.print(table)
-    if result.tau_table:
-        t = result.tau_table
-        heat = Table(title="PI by τ × κ (points)", header_style="bold")
+    for t in result.tau_tables:
+        panel = ", ".join(f"{k}={v}" for k, v in t["panel"].items() if k != "teacher")
+        heat = Table(title=f"PI by τ × κ (points, α = 1) — {panel}", header_style="bold")
         heat.add_column("τ \\ κ")
         for k in t["kappas"]:
             heat.add_column(f"{k:g}", justify="right")
@@ -59,7 +59,7 @@ def report_cmd(
             heat.add_row(f"{tau:g}", *(_f(v, "+.2f") for v in row))
         console.print(heat)
     if result.ls_table:
-        arms = [k for k in result.ls_table[0] if k != "kappa"]
+        arms = [k for k in result.ls_table[0] if k not in ("model", "teacher", "kappa", *result.group_by)]
         ls = Table(title="Label-smoothing control: PI (points) per arm", header_style="bold")
         for name in ["κ", *arms]:
             ls.add_column(name, justify="right")
@@ -82,6 +82,7 @@ def report_cmd(
         console.print(cka)
     for label, dirs in (("unpaired", [r["dir"] for r in result.pairing.unpaired]),
                         ("duplicate (not counted)", [r["dir"] for r in result.pairing.duplicates]),
+                        ("label run without --teacher (cannot pair)", [r["dir"] for r in result.pairing.no_teacher]),
                         ("incomplete (no run.json)", result.scan.incomplete),
                         ("unreadable run.json", result.scan.unreadable)):
         for d in dirs:

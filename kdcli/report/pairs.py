@@ -51,19 +51,30 @@ def scan(root: str | Path) -> Scan:
     return result
 
 
-def pair_key(run: dict) -> tuple:
+def setting(run: dict) -> dict:
+    """The config fields a pair shares, besides dataset, teacher and model."""
     cfg = {k: v for k, v in run["config"].items() if k not in _NOT_IN_KEY}
+    if cfg.get("steps") is not None:
+        cfg.pop("epochs", None)  # --steps overrides --epochs
+    return cfg
+
+
+def pair_key(run: dict) -> tuple:
     teacher = (run.get("teacher") or {}).get("run_id")
     return (run["dataset"]["fingerprint"], teacher, run["model"]["name"],
-            json.dumps(run["model"]["args"], sort_keys=True), json.dumps(cfg, sort_keys=True, default=str))
+            json.dumps(run["model"]["args"], sort_keys=True),
+            json.dumps(setting(run), sort_keys=True, default=str))
 
 
 def arm(run: dict) -> str | None:
     """'labels', 'kd τ=… α=…', 'ls ε=…' / 'ls matched τ=…', or None for non-students."""
     ls = run["config"].get("label_smoothing", 0.0)
     if run.get("stage") == "distill":
-        name = f"kd τ={run['kd']['tau']:g} α={run['kd']['alpha']:g}"
-        return name + (f" ε={ls:g}" if ls else "")
+        kd = run["kd"]
+        name = f"kd τ={kd['tau']:g} α={kd['alpha']:g}" + (f" ε={ls:g}" if ls else "")
+        if kd.get("mode") == "online":
+            name += " online"
+        return name + (f" top-{kd['topk']}" if kd.get("topk") else "")
     if run.get("stage") == "train-labels" and run.get("teacher"):
         if run["config"].get("match_smoothing_tau"):
             return f"ls matched τ={run['config']['match_smoothing_tau']:g}"
@@ -83,14 +94,18 @@ class Pairing:
     pairs: list[Pair]
     unpaired: list[dict]
     duplicates: list[dict]
+    no_teacher: list[dict] = field(default_factory=list)  # label runs trained without --teacher
 
 
 def pair_runs(runs: list[dict]) -> Pairing:
     by_key: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    no_teacher = []
     for run in runs:
         name = arm(run)
         if name is not None:
             by_key[pair_key(run)][name].append(run)
+        elif run.get("stage") == "train-labels":
+            no_teacher.append(run)
     pairs, unpaired, duplicates = [], [], []
     for arms in by_key.values():
         for arm_runs in arms.values():
@@ -105,4 +120,4 @@ def pair_runs(runs: list[dict]) -> Pairing:
             unpaired.extend(baseline)
         else:
             pairs.extend(Pair(name, run, baseline[0]) for name, run in others.items())
-    return Pairing(pairs, unpaired, duplicates)
+    return Pairing(pairs, unpaired, duplicates, no_teacher)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from kdcli.report.pairs import Pair
+from kdcli.report.pairs import Pair, setting
 from kdcli.report.stats import bootstrap_ci, mean_ci, pearson
 
 
@@ -20,16 +20,39 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def arm_order(arm: str, kd: dict) -> tuple:
+    """KD arms by τ then α (numerically), then label-smoothing arms."""
+    return (0, kd["tau"], -kd["alpha"], arm) if kd else (1, 0.0, 0.0, arm)
+
+
+def varying_fields(pairs: list[Pair]) -> list[str]:
+    """Shared settings that differ between pairs (besides seeds and κ): rows must split on them."""
+    values: dict[str, set] = defaultdict(set)
+    for p in pairs:
+        for k, v in setting(p.run).items():
+            values[k].add(str(v))
+    return sorted(k for k, v in values.items() if len(v) > 1 and k not in ("seed", "subset_seed", "kappa"))
+
+
 def pi_rows(pairs: list[Pair], teacher_acc: dict[str, float], group_by: tuple[str, ...] = (),
             bootstrap: int = 0) -> list[dict]:
-    """Accuracies and PI in points; fidelity (agreement in points, KL in nats) of both arms."""
+    """Accuracies and PI in points; fidelity (agreement in points, KL in nats) of both arms.
+
+    Rows pool the pairs that differ only in seed and subset seed; `group_by` should
+    include every other setting that varies (see varying_fields).
+    """
     groups: dict[tuple, list[Pair]] = defaultdict(list)
     for p in pairs:
         extra = tuple(p.run["config"].get(g) for g in group_by)
         groups[(p.arm, p.run["model"]["name"], p.run["teacher"]["run_id"], *extra,
                 p.run["subset"]["kappa"])].append(p)
     rows = []
-    for key, members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0][:-1]) + (kv[0][-1],)):
+    def order(item):
+        key, members = item
+        kd = members[0].run.get("kd") or {}
+        return (arm_order(key[0], kd), tuple(str(k) for k in key[1:-1]), key[-1])
+
+    for key, members in sorted(groups.items(), key=order):
         arm, model, teacher = key[:3]
         kappa = key[-1]
         arm_acc = [100 * p.run["final"]["test_acc"] for p in members]
@@ -61,7 +84,7 @@ def fidelity_correlation(pairs: list[Pair]) -> dict[str, dict[str, float]]:
     by_arm: dict[str, list[Pair]] = defaultdict(list)
     for p in pairs:
         by_arm[p.arm].append(p)
-    for name, members in sorted(by_arm.items()):
+    for name, members in sorted(by_arm.items(), key=lambda kv: arm_order(kv[0], kv[1][0].run.get("kd") or {})):
         pi = [100 * (p.run["final"]["test_acc"] - p.labels["final"]["test_acc"]) for p in members]
         d_agree = [100 * (final_metric(p.run, "teacher_agreement") - final_metric(p.labels, "teacher_agreement"))
                    for p in members]

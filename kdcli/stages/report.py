@@ -16,7 +16,7 @@ from pathlib import Path
 from kdcli.errors import ConfigError
 from kdcli.io.atomic import write_bytes, write_json
 from kdcli.report.pairs import Pair, Pairing, Scan, pair_runs, scan
-from kdcli.report.pi import fidelity_correlation, final_metric, pi_rows
+from kdcli.report.pi import fidelity_correlation, final_metric, pi_rows, varying_fields
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class ReportConfig:
 @dataclass
 class ReportResult:
     rows: list[dict]
-    tau_table: dict | None
+    group_by: tuple[str, ...]  # the row-splitting fields: asked for, plus settings that vary
+    tau_tables: list[dict]
     ls_table: list[dict]
     fidelity: dict
     cka_rows: list[dict]
@@ -62,27 +63,39 @@ def _same(have, text: str) -> bool:
         return str(have) == text
 
 
-def tau_table(rows: list[dict]) -> dict | None:
-    """PI by τ × κ over the KD arms (α = 1 first); None with fewer than two τ."""
-    kd = [r for r in rows if r["arm"].startswith("kd")]
-    taus = sorted({r["tau"] for r in kd})
-    if len(taus) < 2:
-        return None
-    kappas = sorted({r["kappa"] for r in kd})
-    cell = {(r["tau"], r["kappa"]): r["pi"] for r in kd}
-    return {"taus": taus, "kappas": kappas,
-            "pi": [[cell.get((t, k), math.nan) for k in kappas] for t in taus]}
+def _panel(row: dict, group_by: tuple[str, ...]) -> tuple:
+    """What separates one τ × κ (or control) table from another."""
+    return (row["model"], row["teacher"], *(row[g] for g in group_by))
 
 
-def ls_table(rows: list[dict]) -> list[dict]:
-    """Per κ: PI of each KD arm next to PI of each label-smoothing arm."""
-    by_kappa: dict[float, dict] = defaultdict(dict)
-    arms = sorted({r["arm"] for r in rows if r["arm"].startswith("ls")})
-    if not arms:
+def tau_tables(rows: list[dict], group_by: tuple[str, ...]) -> list[dict]:
+    """PI by τ × κ for the pure-KD arms (α = 1, no smoothing, offline), one table per
+    model / teacher / setting that has at least two τ."""
+    kd = [r for r in rows if r["tau"] is not None and r["arm"] == f"kd τ={r['tau']:g} α=1"]
+    tables = []
+    for panel in sorted({_panel(r, group_by) for r in kd}, key=str):
+        members = [r for r in kd if _panel(r, group_by) == panel]
+        taus = sorted({r["tau"] for r in members})
+        if len(taus) < 2:
+            continue
+        kappas = sorted({r["kappa"] for r in members})
+        cell = {(r["tau"], r["kappa"]): r["pi"] for r in members}
+        tables.append({"panel": dict(zip(("model", "teacher", *group_by), panel)), "taus": taus,
+                       "kappas": kappas, "pi": [[cell.get((t, k), math.nan) for k in kappas] for t in taus]})
+    return tables
+
+
+def ls_table(rows: list[dict], group_by: tuple[str, ...]) -> list[dict]:
+    """Per panel and κ: PI of every arm, label-smoothing arms next to KD (NaN where not run)."""
+    if not any(r["arm"].startswith("ls") for r in rows):
         return []
+    arms = list(dict.fromkeys(r["arm"] for r in rows))  # rows come in arm order
+    by_point: dict[tuple, dict] = defaultdict(dict)
     for r in rows:
-        by_kappa[r["kappa"]][r["arm"]] = r["pi"]
-    return [{"kappa": k, **cols} for k, cols in sorted(by_kappa.items())]
+        by_point[(*_panel(r, group_by), r["kappa"])][r["arm"]] = r["pi"]
+    names = ("model", "teacher", *group_by, "kappa")
+    return [{**dict(zip(names, point)), **{a: cols.get(a, math.nan) for a in arms}}
+            for point, cols in sorted(by_point.items(), key=lambda kv: str(kv[0][:-1]) + f"{kv[0][-1]:012.6f}")]
 
 
 def cka_rows(paths: list[str], runs: dict[str, dict], pairs: list[Pair]) -> list[dict]:
@@ -124,19 +137,25 @@ def run(cfg: ReportConfig) -> ReportResult:
     pairing = pair_runs(selected)
     teacher_acc = {r["run_id"]: 100 * r["final"]["test_acc"] for r in found.runs
                    if r.get("stage") == "train-teacher"}
-    rows = pi_rows(pairing.pairs, teacher_acc, cfg.group_by, cfg.bootstrap)
+    group_by = tuple(dict.fromkeys([*cfg.group_by, *varying_fields(pairing.pairs)]))
+    rows = pi_rows(pairing.pairs, teacher_acc, group_by, cfg.bootstrap)
     by_id = {r["run_id"]: r for r in found.runs}
-    result = ReportResult(rows, tau_table(rows), ls_table(rows), fidelity_correlation(pairing.pairs),
+    result = ReportResult(rows, group_by, tau_tables(rows, group_by), ls_table(rows, group_by),
+                          fidelity_correlation(pairing.pairs),
                           cka_rows(found.cka_files, by_id, pairing.pairs), found, pairing)
     if cfg.out is not None:
         result.written = write_outputs(result, Path(cfg.out), cfg.plots)
     return result
 
 
+def _columns(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
 def _csv(rows: list[dict]) -> bytes:
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(buf, fieldnames=_columns(rows))
         writer.writeheader()
         writer.writerows(rows)
     return buf.getvalue().encode()
@@ -145,10 +164,10 @@ def _csv(rows: list[dict]) -> bytes:
 def _markdown(title: str, rows: list[dict]) -> str:
     if not rows:
         return ""
-    cols = list(rows[0])
+    cols = _columns(rows)
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = [f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n\n"
 
 
@@ -163,10 +182,9 @@ def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
 
     tables = {"pi_vs_kappa": result.rows, "label_smoothing_control": result.ls_table,
               "cka_vs_kappa": result.cka_rows}
-    if result.tau_table:
-        t = result.tau_table
-        tables["tau_kappa"] = [{"tau": tau, **{f"kappa={k:g}": v for k, v in zip(t["kappas"], row)}}
-                               for tau, row in zip(t["taus"], t["pi"])]
+    if result.tau_tables:
+        tables["tau_kappa"] = [{**t["panel"], "tau": tau, **{f"kappa={k:g}": v for k, v in zip(t["kappas"], row)}}
+                               for t in result.tau_tables for tau, row in zip(t["taus"], t["pi"])]
     tables["fidelity_correlation"] = [{"arm": a, **v} for a, v in result.fidelity.items()]
     md = "# kdcli report\n\nPI = acc(arm) − acc(labels) in points, mean and 95% CI over paired seeds.\n\n"
     for name, rows in tables.items():
@@ -178,6 +196,7 @@ def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
         **{name: rows for name, rows in tables.items()},
         "unpaired": [r["dir"] for r in result.pairing.unpaired],
         "duplicates": [r["dir"] for r in result.pairing.duplicates],
+        "labels_without_teacher": [r["dir"] for r in result.pairing.no_teacher],
         "incomplete": result.scan.incomplete,
         "unreadable": result.scan.unreadable,
     })
@@ -192,8 +211,9 @@ def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
         points = [pt for pt in points if not math.isnan(pt[0])]
         if points:
             written.append(P.fidelity_vs_pi(points, out / "fidelity_vs_pi.png"))
-        if result.tau_table:
-            written.append(P.tau_kappa_heatmap(result.tau_table, out / "tau_kappa_heatmap.png"))
+        for i, table in enumerate(result.tau_tables):
+            name = "tau_kappa_heatmap.png" if i == 0 else f"tau_kappa_heatmap_{i + 1}.png"
+            written.append(P.tau_kappa_heatmap(table, out / name))
         if result.cka_rows:
             written.append(P.cka_vs_kappa(result.cka_rows, out / "cka_vs_kappa.png"))
     return written
