@@ -48,7 +48,7 @@ class TrainConfig:
     eval_every: int = 1  # evaluate (and checkpoint) every N epochs, and always after the last
     eval_batch_size: int = 2048
     device: str = "auto"
-    threads: int | None = None  # None: chosen from the model size (see train/device.py)
+    threads: int | None = None  # None: $SLURM_CPUS_PER_TASK or all cores (see train/device.py)
     overwrite: bool = False
     resume: bool = False
 
@@ -69,7 +69,9 @@ class TrainConfig:
         need(self.lr > 0, "--lr", "a learning rate > 0", self.lr)
         need(self.weight_decay >= 0, "--weight-decay", "a value ≥ 0", self.weight_decay)
         need(0 <= self.momentum < 1, "--momentum", "a value in [0, 1)", self.momentum)
-        need(self.warmup_epochs >= 0, "--warmup-epochs", "a value ≥ 0", self.warmup_epochs)
+        need(math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0, "--warmup-epochs",
+             "a finite value ≥ 0", self.warmup_epochs)
+        need(math.isfinite(self.lr), "--lr", "a finite learning rate", self.lr)
         need(0 <= self.label_smoothing < 1, "--label-smoothing", "a value in [0, 1)", self.label_smoothing)
         need(self.match_smoothing_tau is None or self.match_smoothing_tau > 0, "--match-smoothing-tau",
              "a temperature > 0", self.match_smoothing_tau)
@@ -113,6 +115,8 @@ class DistillConfig(TrainConfig):
         super().__post_init__()
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise ConfigError(f"--tau {self.tau}: expected a temperature > 0")
+        if self.kd_backend not in ("auto", "eager", "fused", "triton"):
+            raise ConfigError(f"--kd-backend {self.kd_backend}: expected auto, eager, fused or triton")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"--alpha {self.alpha}: expected a weight in [0, 1] (1 = pure distillation)")
         if self.teacher is None and self.logits is None:

@@ -32,7 +32,11 @@ def parse_grid(items: list[str], config_type) -> list[tuple[str, list]]:
         if name in seen:
             raise ConfigError(f"--grid {key}: given twice")
         seen.add(name)
-        grid.append((name, [_convert(v.strip(), fields[name], key) for v in values.split(",")]))
+        converted = [_convert(v.strip(), fields[name], key) for v in values.split(",")]
+        names = [point_name({name: v}) for v in converted]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"--grid {item}: repeats a value; each point needs its own run dir")
+        grid.append((name, converted))
     return grid
 
 

@@ -105,6 +105,12 @@ BAD_INPUTS = {
     "teacher not a run": (["--teacher", "{empty}"], "--teacher"),
     "teacher incomplete": (["--teacher", "{incomplete}"], "--teacher"),
     "teacher truncated": (["--teacher", "{truncated}"], "--teacher"),
+    "dataset arg not a number": (["--dataset-arg", "n_train=abc"], "--dataset-arg"),
+    "model arg that breaks the model": (["--model", "cnn1d", "--model-arg", "channels=0"], "--model"),
+    "model that does not fit the data": (["--model", "resnet20"], "--model resnet20"),
+    "infinite warm-up": (["--warmup-epochs", "inf"], "--warmup-epochs"),
+    "grid repeating a value": (["--grid", "seed=0,0", "--task-index", "0"], "--grid"),
+    "out under a file": (["--out", "/etc/hostname/run"], "/etc/hostname"),
 }
 
 
@@ -200,3 +206,12 @@ def test_script_usage_error():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "--epochs" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["meta", "mps", "gpu"])
+def test_unsupported_device_is_a_config_error(name):
+    from kdcli.errors import ConfigError
+    from kdcli.train.device import select_device
+
+    with pytest.raises(ConfigError, match="--device"):
+        select_device(name)

@@ -51,6 +51,14 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    except OSError as exc:  # e.g. --out under a file, a read-only folder, a full disk
+        if os.environ.get("KDCLI_DEBUG"):
+            raise
+        from kdcli.cli.display import err_console
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(f"[bold red]Error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except Exception as exc:
         # Usage errors (bad option values, unknown flags) are click exceptions; typer
         # vendors click in recent releases, so recognise them by their interface.

@@ -40,9 +40,10 @@ def build_dataset(name: str, args: dict | None = None, data_dir: str | None = No
     if unknown:
         raise ConfigError(f"--dataset-arg: dataset {name!r} takes no argument {', '.join(unknown)}; "
                           f"it accepts {', '.join(accepted) or 'none'}")
-    if "data_dir" in params:
-        return builder(data_dir=data_dir, **args)
-    return builder(**args)
+    try:
+        return builder(data_dir=data_dir, **args) if "data_dir" in params else builder(**args)
+    except (TypeError, ValueError) as exc:  # e.g. n_train=abc
+        raise ConfigError(f"--dataset-arg: dataset {name!r} cannot be built with {args} ({exc})") from None
 
 
 def dataset_from_description(desc: dict, data_dir: str | None, where: str):

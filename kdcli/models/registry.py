@@ -61,7 +61,7 @@ def build_model(name: str, **args) -> nn.Module:
         raise ConfigError(f"--model: unknown model {name!r}; choose one of {', '.join(model_names())}")
     try:
         return MODELS[name](**args)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. channels=0
         raise ConfigError(f"--model {name}: cannot build with {args} ({exc})") from None
 
 

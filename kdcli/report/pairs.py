@@ -40,10 +40,13 @@ def scan(root: str | Path) -> Scan:
         if "run.json" in files:
             try:
                 run = json.loads((Path(dirpath) / "run.json").read_text())
+            except (OSError, ValueError):
+                run = None
+            if isinstance(run, dict) and run.get("format") == "kdcli-run" and "config" in run:
                 run["dir"] = dirpath
                 result.runs.append(run)
-            except (OSError, ValueError):
-                result.unreadable.append(dirpath)
+            else:
+                result.unreadable.append(dirpath)  # damaged, or some other tool's run.json
         elif RUN_MARKERS & set(files):
             result.incomplete.append(dirpath)
         result.cka_files += [os.path.join(dirpath, f) for f in files if f.endswith(".parquet")

@@ -15,7 +15,7 @@ import torch
 
 from kdcli.config import DumpConfig
 from kdcli.data import dataset_from_description
-from kdcli.errors import ArtifactError
+from kdcli.errors import ArtifactError, ConfigError
 from kdcli.io.logits import read_metadata, write_logits
 from kdcli.io.provenance import now_iso, provenance
 from kdcli.stages.teacher import load_teacher_model, predict, resolve_teacher
@@ -51,6 +51,9 @@ def run(cfg: DumpConfig, on_start=None, on_batch=None) -> DumpResult:
         raise ArtifactError(f"--topk {cfg.topk}: the teacher has only {dataset.num_classes} classes; "
                             "store full logits instead")
     splits = {"train": dataset.train(), "test": dataset.test()}
+    if cfg.extra_train and not dataset.extensible:
+        raise ConfigError(f"--extra-train {cfg.extra_train}: dataset {dataset.name!r} has no samples "
+                          "beyond its train split (only generated datasets such as mnist1d do)")
     if cfg.extra_train:
         splits["extra"] = dataset.extra(cfg.extra_train)  # stored under split "train"
     device = select_device(cfg.device)

@@ -28,6 +28,10 @@ class ReportConfig:
     bootstrap: int = 0  # >0: bootstrap CI with this many resamples instead of the t-interval
     plots: bool = True
 
+    def __post_init__(self):
+        if self.bootstrap < 0 or self.bootstrap == 1:
+            raise ConfigError(f"--bootstrap {self.bootstrap}: expected 0 (t-interval) or at least 2 resamples")
+
 
 @dataclass
 class ReportResult:
@@ -133,6 +137,11 @@ def run(cfg: ReportConfig) -> ReportResult:
             raise ConfigError(f"--filter {item!r}: expected KEY=VALUE (e.g. model=cnn1d, tau=4)")
         filters.append((key, value))
     found = scan(cfg.root)
+    known = {"stage", "dataset"} | {k for r in found.runs for k in r["config"]}
+    for key, _ in filters:
+        if key.replace("-", "_") not in known:
+            raise ConfigError(f"--filter {key}: no run under {cfg.root} has that field; "
+                              "use a config field such as model, kappa, tau, lr")
     selected = [r for r in found.runs if _matches(r, filters) or r.get("stage") == "train-teacher"]
     pairing = pair_runs(selected)
     teacher_acc = {r["run_id"]: 100 * r["final"]["test_acc"] for r in found.runs
