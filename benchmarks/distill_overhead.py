@@ -14,8 +14,8 @@ import os
 import tempfile
 
 import torch
+from _timing import StepTimer, median  # benchmarks/ is on sys.path when run as a script
 
-from benchmarks._timing import StepTimer, median
 from kdcli.config import DistillConfig, DumpConfig, TrainConfig
 from kdcli.stages import distill, dump_logits, train
 

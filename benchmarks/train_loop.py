@@ -19,8 +19,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _timing import StepTimer, median  # benchmarks/ is on sys.path when run as a script
 
-from benchmarks._timing import StepTimer, median
 from kdcli.config import TrainConfig
 from kdcli.data import build_dataset, kappa_subset
 from kdcli.models import build_model, resolve_model_args

@@ -120,3 +120,17 @@ def test_leading_dimensions_are_rows():
 def test_bad_arguments(kwargs, word):
     with pytest.raises(ConfigError, match=word):
         kd_loss(torch.randn(2, 3), torch.randn(2, 3), **kwargs)
+
+
+def test_fused_small_path_matches_reference_with_minus_inf_and_scaled_grad():
+    """128×10 pure KD takes the fused backend's short path (losses/fused.py SMALL_ELEMENTS)."""
+    g = np.random.default_rng(7)
+    s = (3 * g.standard_normal((128, 10))).astype(np.float32)
+    t = (3 * g.standard_normal((128, 10))).astype(np.float32)
+    t[5, :4] = -np.inf
+    student = torch.tensor(s, requires_grad=True)
+    loss = kd_loss(student, torch.tensor(t), tau=4.0, backend="fused")
+    (2.0 * loss).backward()
+    ref_loss, ref_grad = reference(s, t, np.zeros(128, int), 4.0, 1.0)
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-5)
+    np.testing.assert_allclose(student.grad.numpy(), 2.0 * ref_grad, atol=1e-7)
