@@ -31,7 +31,6 @@ class ProgressBar:
         self.description = description
         self.progress: Progress | None = None
         self.task = None
-        self.last = ""
 
     def __enter__(self):
         if self.enabled:

@@ -14,6 +14,7 @@ import torch
 
 from kdcli.errors import ArtifactError
 from kdcli.io.atomic import atomic_path
+from kdcli.io.meta import encode
 
 MODEL_FORMAT_VERSION = "1"
 
@@ -22,7 +23,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     """Write tensors atomically; metadata values that are not strings are JSON-encoded."""
     from safetensors.torch import save_file
 
-    meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+    meta = encode(metadata)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=meta)
@@ -44,16 +45,6 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             f"{path}: not a readable safetensors file, it may be truncated or corrupt ({exc})"
         ) from None
     return tensors, meta
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception as exc:
-        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def save_model(path, model: torch.nn.Module, *, model_name: str, model_args: dict,

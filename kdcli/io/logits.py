@@ -17,7 +17,6 @@ no Python work per row.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 from kdcli.errors import ArtifactError
 from kdcli.io.atomic import atomic_path
+from kdcli.io.meta import decode, encode
 
 LOGITS_FORMAT_VERSION = 1
 ROW_GROUP_ROWS = 65536
@@ -83,7 +83,7 @@ def write_logits(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarra
     meta = {**metadata, "format": "kdcli-logits", "format_version": LOGITS_FORMAT_VERSION,
             "num_classes": c, "dtype": dtype, "topk": topk or 0}
     table = pa.table(columns).replace_schema_metadata(
-        {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()})
+        encode(meta))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
 
@@ -99,15 +99,9 @@ def read_metadata(path: str | Path, flag: str = "--logits") -> dict:
         raw = pq.read_schema(path).metadata or {}
     except Exception as exc:
         raise ArtifactError(f"{flag} {path}: not a readable Parquet file, it may be truncated ({exc})") from None
-    meta = {k.decode(): v.decode() for k, v in raw.items()}
-    if meta.get("format") != "kdcli-logits":
+    decoded = decode(raw)
+    if decoded.get("format") != "kdcli-logits":
         raise ArtifactError(f"{flag} {path}: not a kdcli logits file (no kdcli schema metadata)")
-    decoded = {}
-    for k, v in meta.items():
-        try:
-            decoded[k] = json.loads(v)
-        except ValueError:
-            decoded[k] = v
     if decoded.get("format_version") != LOGITS_FORMAT_VERSION:
         raise ArtifactError(f"{flag} {path}: logits format version {decoded.get('format_version')}, "
                             f"this kdcli reads version {LOGITS_FORMAT_VERSION}")

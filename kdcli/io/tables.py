@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from kdcli.io.atomic import atomic_path
+from kdcli.io.meta import encode
 
 
 def write_table(path: str | Path, columns: dict[str, list | np.ndarray], metadata: dict) -> None:
@@ -15,9 +15,7 @@ def write_table(path: str | Path, columns: dict[str, list | np.ndarray], metadat
     import pyarrow.parquet as pq
 
     table = pa.table(columns)
-    meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
-            for k, v in metadata.items()}
-    table = table.replace_schema_metadata(meta)
+    table = table.replace_schema_metadata(encode(metadata))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -26,9 +24,3 @@ def write_metrics(path: str | Path, rows: list[dict], metadata: dict) -> None:
     """One row per epoch; every row has the same keys."""
     columns = {k: [row[k] for row in rows] for k in rows[0]} if rows else {}
     write_table(path, columns, metadata)
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()

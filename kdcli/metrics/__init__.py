@@ -1,1 +1,1 @@
-"""Evaluation metrics: fidelity to the teacher (and, later, CKA)."""
+"""Evaluation metrics: fidelity to the teacher, and CKA feature alignment."""

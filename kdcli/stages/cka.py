@@ -30,6 +30,7 @@ import torch
 from kdcli.errors import ArtifactError, ConfigError, DataError
 from kdcli.io import runs
 from kdcli.io.hashing import sha256_array
+from kdcli.io.meta import decode
 from kdcli.io.provenance import now_iso, provenance
 from kdcli.metrics import cka as M
 
@@ -537,18 +538,12 @@ def read_cka(path: str | Path, flag: str = "--out") -> tuple[list[dict], dict]:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for what is not Parquet
         raise ArtifactError(f"{flag} {path}: not a readable Parquet file ({exc})") from None
-    raw = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    if raw.get("format") != "kdcli-cka":
+    meta = decode(table.schema.metadata or {})
+    if meta.get("format") != "kdcli-cka":
         raise ArtifactError(f"{flag} {path}: not a kdcli CKA file")
-    if raw.get("format_version") != CKA_FORMAT_VERSION:
-        raise ArtifactError(f"{flag} {path}: CKA format version {raw.get('format_version')}, "
+    if str(meta.get("format_version")) != CKA_FORMAT_VERSION:
+        raise ArtifactError(f"{flag} {path}: CKA format version {meta.get('format_version')}, "
                             f"this kdcli reads version {CKA_FORMAT_VERSION}")
-    meta = {}
-    for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v)
-        except ValueError:
-            meta[k] = v
     return table.to_pylist(), meta
 
 

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from kdcli.config import DumpConfig
 from kdcli.data import dataset_from_description
 from kdcli.errors import ArtifactError, ConfigError
 from kdcli.io.logits import read_metadata, write_logits
 from kdcli.io.provenance import now_iso, provenance
-from kdcli.stages.teacher import load_teacher_model, predict, resolve_teacher
+from kdcli.stages.teacher import load_teacher_model, resolve_teacher
 from kdcli.train.device import select_device
+from kdcli.train.loop import predict
 
 
 @dataclass
@@ -63,10 +63,9 @@ def run(cfg: DumpConfig, on_start=None, on_batch=None) -> DumpResult:
 
     started = now_iso()
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    with torch.inference_mode():
-        for name, split in splits.items():
-            logits = predict(model, split.x.to(device), dataset.normalise, cfg.batch_size, on_batch)
-            arrays[name] = (split.index.numpy(), logits.cpu().numpy())
+    for name, split in splits.items():
+        logits = predict(model, split.x.to(device), dataset.normalise, cfg.batch_size, on_batch)
+        arrays[name] = (split.index.numpy(), logits.cpu().numpy())
     if "extra" in arrays:
         extra = arrays.pop("extra")
         arrays["train"] = tuple(np.concatenate([a, b]) for a, b in zip(arrays["train"], extra))

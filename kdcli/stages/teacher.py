@@ -16,6 +16,7 @@ from kdcli.errors import ArtifactError
 from kdcli.io import runs
 from kdcli.io.hashing import sha256_file
 from kdcli.io.logits import read_logits, read_metadata
+from kdcli.train.loop import predict
 
 
 @dataclass(frozen=True)
@@ -67,18 +68,6 @@ def load_teacher_model(source: TeacherSource, device: torch.device) -> torch.nn.
                             "longer matches the one recorded (modified, truncated or replaced)")
     model, _ = load_model(path, device)
     return model.eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, normalise, batch_size: int,
-            on_batch=None) -> torch.Tensor:
-    """Model logits (float32) for x, in batches."""
-    outs = []
-    for i in range(0, len(x), batch_size):
-        outs.append(model(normalise(x[i:i + batch_size])).float())
-        if on_batch is not None:
-            on_batch()
-    return torch.cat(outs) if outs else torch.empty(0)
 
 
 def teacher_logits_for(source: TeacherSource, split: str, ids: np.ndarray, x: torch.Tensor,

@@ -44,12 +44,22 @@ class Evaluation:
 
 
 @torch.inference_mode()
+def predict(model: torch.nn.Module, x: torch.Tensor, normalise: Callable, batch_size: int,
+            on_batch: Callable[[], None] | None = None) -> torch.Tensor:
+    """Float32 logits of `model` (in its current mode) on stored samples x, in batches."""
+    outs = []
+    for i in range(0, len(x), batch_size):
+        outs.append(model(normalise(x[i:i + batch_size])).float())
+        if on_batch is not None:
+            on_batch()
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
 def evaluate(model: torch.nn.Module, split_x: torch.Tensor, split_y: torch.Tensor,
              normalise: Callable, batch_size: int) -> Evaluation:
     was_training = model.training
     model.eval()
-    logits = torch.cat([model(normalise(split_x[i:i + batch_size])).float()
-                        for i in range(0, len(split_y), batch_size)])
+    logits = predict(model, split_x, normalise, batch_size)
     model.train(was_training)
     loss = F.cross_entropy(logits, split_y).item()
     acc = (logits.argmax(1) == split_y).sum().item() / len(split_y)
