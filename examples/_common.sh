@@ -38,3 +38,16 @@ labels_student() {
   $KDCLI train-labels --teacher "$OUT/teacher" --out "$OUT/labels/k$1/s$2" --kappa "$1" --seed "$2" \
       --steps "$STUDENT_STEPS" "${COMMON[@]}"
 }
+
+# sweep_pairs [CMD]: for every κ in $KAPPAS and seed in $SEEDS, a KD student and its
+# label-trained twin, then `CMD KAPPA SEED` if given (a control arm, a CKA measurement).
+sweep_pairs() {
+  for kappa in $KAPPAS; do
+    for seed in $SEEDS; do
+      echo "κ=$kappa seed=$seed"
+      kd_student "$kappa" "$seed" "$TAU"
+      labels_student "$kappa" "$seed"
+      if (( $# )); then "$@" "$kappa" "$seed"; fi
+    done
+  done
+}

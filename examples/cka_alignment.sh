@@ -9,14 +9,12 @@ source "$(dirname "$0")/_common.sh"
 ESTIMATORS=${ESTIMATORS:-"linear debiased"}
 est=(); for e in $ESTIMATORS; do est+=(--estimator "$e"); done
 
+# CKA of the teacher with both students of a pair (files named cka*.parquet for `report`)
+cka_pair() {
+  $KDCLI cka "$OUT/teacher" "$OUT/kd/tau$TAU/k$1/s$2" --out "$OUT/cka/cka_kd_tau${TAU}_k$1_s$2.parquet" "${est[@]}" --quiet
+  $KDCLI cka "$OUT/teacher" "$OUT/labels/k$1/s$2" --out "$OUT/cka/cka_labels_k$1_s$2.parquet" "${est[@]}" --quiet
+}
+
 setup_teacher
-for kappa in $KAPPAS; do
-  for seed in $SEEDS; do
-    echo "κ=$kappa seed=$seed"
-    kd_student "$kappa" "$seed" "$TAU"
-    labels_student "$kappa" "$seed"
-    $KDCLI cka "$OUT/teacher" "$OUT/kd/tau$TAU/k$kappa/s$seed" --out "$OUT/cka/cka_kd_tau${TAU}_k${kappa}_s${seed}.parquet" "${est[@]}" --quiet
-    $KDCLI cka "$OUT/teacher" "$OUT/labels/k$kappa/s$seed" --out "$OUT/cka/cka_labels_k${kappa}_s${seed}.parquet" "${est[@]}" --quiet
-  done
-done
+sweep_pairs cka_pair
 $KDCLI report "$OUT" --out "$OUT/report"

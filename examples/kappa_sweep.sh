@@ -10,11 +10,5 @@
 source "$(dirname "$0")/_common.sh"
 
 setup_teacher
-for kappa in $KAPPAS; do
-  for seed in $SEEDS; do
-    echo "κ=$kappa seed=$seed"
-    kd_student "$kappa" "$seed" "$TAU"
-    labels_student "$kappa" "$seed"
-  done
-done
+sweep_pairs
 $KDCLI report "$OUT" --out "$OUT/report"

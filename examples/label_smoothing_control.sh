@@ -7,14 +7,12 @@
 #   bash examples/label_smoothing_control.sh
 source "$(dirname "$0")/_common.sh"
 
+# ε matched to the teacher's mean non-target mass at τ on the student's subset
+smoothed_student() {
+  $KDCLI train-labels --logits "$LOGITS" --out "$OUT/smoothing/tau$TAU/k$1/s$2" --kappa "$1" --seed "$2" \
+      --match-smoothing-tau "$TAU" --steps "$STUDENT_STEPS" "${COMMON[@]}"
+}
+
 setup_teacher
-for kappa in $KAPPAS; do
-  for seed in $SEEDS; do
-    echo "κ=$kappa seed=$seed"
-    kd_student "$kappa" "$seed" "$TAU"
-    labels_student "$kappa" "$seed"
-    $KDCLI train-labels --logits "$LOGITS" --out "$OUT/smoothing/tau$TAU/k$kappa/s$seed" \
-        --kappa "$kappa" --seed "$seed" --match-smoothing-tau "$TAU" --steps "$STUDENT_STEPS" "${COMMON[@]}"
-  done
-done
+sweep_pairs smoothed_student
 $KDCLI report "$OUT" --out "$OUT/report"
