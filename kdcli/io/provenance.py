@@ -29,19 +29,26 @@ def package_versions() -> dict[str, str]:
 
 
 def git_sha() -> str | None:
-    """The sha of the kdcli source tree when it is a git checkout (editable installs)."""
+    """The sha of the kdcli source tree when kdcli runs from a git checkout (editable
+    install); None otherwise, e.g. a site-packages install that merely sits inside
+    some other repository."""
     src = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
+                                 timeout=5, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != src:
         return None
-    sha = out.stdout.strip()
-    if out.returncode != 0 or not sha:
+    sha = git("rev-parse", "HEAD")
+    if not sha:
         return None
-    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=5, check=False).stdout.strip()
-    return sha + ("-dirty" if dirty else "")
+    return sha + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def provenance(*, started: str, inputs: dict[str, str] | None = None, seeds: dict | None = None) -> dict:
