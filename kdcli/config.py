@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -92,11 +93,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def training_fields(self) -> dict:
-        """The fields that change the trained weights (compared on --resume)."""
+        """The fields that change the trained weights (compared on --resume and before a
+        skip), as JSON values: tuples become lists, as they read back from a file."""
         d = self.to_dict()
         for k in ("out", "overwrite", "resume", "device", "threads", "eval_batch_size"):
             d.pop(k)
-        return d
+        return json.loads(json.dumps(d))
 
 
 @dataclass(frozen=True)

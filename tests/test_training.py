@@ -352,3 +352,10 @@ def test_bad_kappa_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="--kappa"):
         tiny_config(tmp_path / "r", stage="train-teacher", kappa=0.5)
     assert not (tmp_path / "r").exists()
+
+
+def test_same_teacher_by_relative_path_is_still_a_skip(teacher_run, tmp_path, monkeypatch):
+    first = train.run(tiny_config(tmp_path / "s", teacher=str(teacher_run), kappa=0.2))
+    monkeypatch.chdir(teacher_run.parent)
+    again = train.run(tiny_config(tmp_path / "s", teacher=teacher_run.name, kappa=0.2))
+    assert again.skipped and again.run["run_id"] == first.run["run_id"]

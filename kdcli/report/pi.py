@@ -55,8 +55,8 @@ def pi_rows(pairs: list[Pair], teacher_acc: dict[str, float], group_by: tuple[st
     for key, members in sorted(groups.items(), key=order):
         arm, model, teacher = key[:3]
         kappa = key[-1]
-        arm_acc = [100 * p.run["final"]["test_acc"] for p in members]
-        lab_acc = [100 * p.labels["final"]["test_acc"] for p in members]
+        arm_acc = [100 * final_metric(p.run, "test_acc") for p in members]
+        lab_acc = [100 * final_metric(p.labels, "test_acc") for p in members]
         diffs = [a - b for a, b in zip(arm_acc, lab_acc)]
         pi, lo, hi = bootstrap_ci(diffs, bootstrap) if bootstrap else mean_ci(diffs)
         kd = members[0].run.get("kd") or {}

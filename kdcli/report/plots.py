@@ -38,17 +38,20 @@ def pi_vs_kappa(rows: list[dict], path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lines = _lines(rows)
+    bands = {label: [(r["kappa"], r["pi_lo"], r["pi_hi"]) for r in line if not math.isnan(r["pi_lo"])]
+             for label, line in lines.items()}
+    show_bands = sum(len(b) > 1 for b in bands.values()) <= 3  # more hide the lines (the CSV has them)
     for label, line in lines.items():
         k = [r["kappa"] for r in line]
         ax.plot(k, [r["pi"] for r in line], marker="o", label=label)
-        band = [(r["kappa"], r["pi_lo"], r["pi_hi"]) for r in line if not math.isnan(r["pi_lo"])]
-        if len(band) > 1 and len(lines) <= 3:  # more bands than that hide the lines (CSV has them)
+        band = bands[label]
+        if len(band) > 1 and show_bands:
             ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], alpha=0.2)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("κ (student samples / teacher's n_T)")
     ax.set_ylabel("PI = acc(arm) − acc(labels) (points)")
-    ax.set_title("Performance increment vs κ (mean" + (", 95% CI band" if len(lines) <= 3 else "")
+    ax.set_title("Performance increment vs κ (mean" + (", 95% CI band" if show_bands else "")
                  + " over paired seeds)")
     ax.legend(fontsize=8)
     return _save(fig, path)

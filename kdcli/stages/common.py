@@ -4,6 +4,7 @@ dir, write the artifacts, and write run.json last."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,15 +64,20 @@ def guard_run_dir(cfg: TrainConfig) -> str:
 _RESOLVED_LATER = {"dataset": None, "model": None, "dataset_args": {}, "model_args": {}, "data_dir": None}
 
 
+def _normalised(key: str, value):
+    """Paths compare by where they point (a relative and an absolute path to one teacher agree)."""
+    return os.path.realpath(value) if key in ("teacher", "logits") and value else value
+
+
 def check_same_settings(cfg: TrainConfig) -> None:
     """A completed run is only skipped when it was made with the settings asked for now."""
     saved = json.loads((Path(cfg.out) / runs.RUN_JSON).read_text()).get("config", {})
-    current = json.loads(json.dumps(cfg.training_fields()))
+    current = cfg.training_fields()
     changed = sorted(
         k for k, v in current.items()
         if not (k in _RESOLVED_LATER and v == _RESOLVED_LATER[k])
         and not (k == "label_smoothing" and cfg.match_smoothing_tau is not None)
-        and saved.get(k, v) != v)
+        and _normalised(k, saved.get(k, v)) != _normalised(k, v))
     if changed:
         raise ArtifactError(f"--out {cfg.out}: holds a completed run made with other settings "
                             f"({', '.join(changed)}); choose another --out or pass --overwrite")
@@ -144,13 +150,15 @@ def matched_smoothing(cfg: TrainConfig, dataset: Dataset, teacher: TeacherSource
     probs = torch.softmax(logits / cfg.match_smoothing_tau, dim=1)
     mass = 1.0 - probs[torch.arange(len(split)), split.y].mean().item()
     c = dataset.num_classes
+    if c < 2:
+        raise ConfigError("--match-smoothing-tau: label smoothing needs at least two classes")
     return min(mass * c / (c - 1), 0.999)
 
 
 def check_resumable(cfg: TrainConfig) -> None:
     """--resume only continues a run started with the same (resolved) settings."""
     saved = json.loads((Path(cfg.out) / runs.CKPT_STATE).read_text()).get("config")
-    current = json.loads(json.dumps(cfg.training_fields()))
+    current = cfg.training_fields()
     if saved != current:
         changed = sorted(k for k in current if saved is None or saved.get(k) != current[k])
         raise ArtifactError(f"--resume: {cfg.out} was started with different settings "
