@@ -48,7 +48,10 @@ def report_cmd(
                       _f(r["pi"], "+.2f"), ci, _f(r["teacher_acc"]),
                       f"{_f(r['arm_agreement'], '.1f')}/{_f(r['labels_agreement'], '.1f')}",
                       f"{_f(r['arm_kl'], '.3f')}/{_f(r['labels_kl'], '.3f')}")
-    console.print(table)
+    if result.rows:
+        console.print(table)
+    else:
+        err_console.print(f"{root}: no distill / train-labels pairs found ({len(result.scan.runs)} completed runs)")
     for t in result.tau_tables:
         panel = ", ".join(f"{k}={v}" for k, v in t["panel"].items() if k != "teacher")
         heat = Table(title=f"PI by τ × κ (points, α = 1) — {panel}", header_style="bold")
