@@ -10,6 +10,13 @@ from dataclasses import dataclass, field
 from kdcli.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
+
+
+def need(cond: bool, flag: str, what: str, value) -> None:
+    """Config validation: `flag value: expected what` when cond does not hold."""
+    if not cond:
+        raise ConfigError(f"{flag} {value}: expected {what}")
+
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -54,10 +61,6 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self):
-        def need(cond: bool, flag: str, what: str, value) -> None:
-            if not cond:
-                raise ConfigError(f"{flag} {value}: expected {what}")
-
         need(math.isfinite(self.kappa) and self.kappa > 0, "--kappa", "a number > 0", self.kappa)
         need(self.epochs is None or self.epochs >= 1, "--epochs", "an integer ≥ 1", self.epochs)
         need(self.steps is None or self.steps >= 1, "--steps", "an integer ≥ 1", self.steps)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 from pathlib import Path
 
@@ -57,10 +58,7 @@ def _convert(text: str, field: dataclasses.Field, key: str):
 
 
 def grid_size(grid: list[tuple[str, list]]) -> int:
-    size = 1
-    for _, values in grid:
-        size *= len(values)
-    return size
+    return math.prod(len(values) for _, values in grid)
 
 
 def task_index(index: int | None) -> int:

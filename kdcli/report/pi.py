@@ -6,7 +6,7 @@ import math
 from collections import defaultdict
 
 from kdcli.report.pairs import Pair, setting
-from kdcli.report.stats import bootstrap_ci, mean_ci, pearson
+from kdcli.report.stats import bootstrap_ci, mean_ci, nanmean, pearson
 
 
 def final_metric(run: dict, key: str) -> float:
@@ -15,9 +15,14 @@ def final_metric(run: dict, key: str) -> float:
     return math.nan if value is None else value
 
 
-def _mean(values: list[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
+def pair_pi(p: Pair) -> float:
+    """acc(arm) − acc(labels) of one pair, in points."""
+    return 100 * (final_metric(p.run, "test_acc") - final_metric(p.labels, "test_acc"))
+
+
+def agreement_gain(p: Pair) -> float:
+    """Top-1 agreement with the teacher, arm minus labels, in points."""
+    return 100 * (final_metric(p.run, "teacher_agreement") - final_metric(p.labels, "teacher_agreement"))
 
 
 def arm_order(arm: str, kd: dict) -> tuple:
@@ -46,18 +51,18 @@ def pi_rows(pairs: list[Pair], teacher_acc: dict[str, float], group_by: tuple[st
         extra = tuple(p.run["config"].get(g) for g in group_by)
         groups[(p.arm, p.run["model"]["name"], p.run["teacher"]["run_id"], *extra,
                 p.run["subset"]["kappa"])].append(p)
-    rows = []
     def order(item):
         key, members = item
         kd = members[0].run.get("kd") or {}
         return (arm_order(key[0], kd), tuple(str(k) for k in key[1:-1]), key[-1])
 
+    rows = []
     for key, members in sorted(groups.items(), key=order):
         arm, model, teacher = key[:3]
         kappa = key[-1]
         arm_acc = [100 * final_metric(p.run, "test_acc") for p in members]
         lab_acc = [100 * final_metric(p.labels, "test_acc") for p in members]
-        diffs = [a - b for a, b in zip(arm_acc, lab_acc)]
+        diffs = [pair_pi(p) for p in members]
         pi, lo, hi = bootstrap_ci(diffs, bootstrap) if bootstrap else mean_ci(diffs)
         kd = members[0].run.get("kd") or {}
         rows.append({
@@ -66,13 +71,13 @@ def pi_rows(pairs: list[Pair], teacher_acc: dict[str, float], group_by: tuple[st
             "tau": kd.get("tau"), "alpha": kd.get("alpha"),
             "label_smoothing": members[0].run["config"].get("label_smoothing", 0.0),
             "kappa": kappa, "n_train": members[0].run["subset"]["size"], "pairs": len(members),
-            "arm_acc": _mean(arm_acc), "labels_acc": _mean(lab_acc),
+            "arm_acc": nanmean(arm_acc), "labels_acc": nanmean(lab_acc),
             "pi": pi, "pi_lo": lo, "pi_hi": hi, "ci": "bootstrap" if bootstrap else "t",
             "teacher_acc": teacher_acc.get(teacher, math.nan),
-            "arm_agreement": 100 * _mean([final_metric(p.run, "teacher_agreement") for p in members]),
-            "labels_agreement": 100 * _mean([final_metric(p.labels, "teacher_agreement") for p in members]),
-            "arm_kl": _mean([final_metric(p.run, "teacher_kl") for p in members]),
-            "labels_kl": _mean([final_metric(p.labels, "teacher_kl") for p in members]),
+            "arm_agreement": 100 * nanmean([final_metric(p.run, "teacher_agreement") for p in members]),
+            "labels_agreement": 100 * nanmean([final_metric(p.labels, "teacher_agreement") for p in members]),
+            "arm_kl": nanmean([final_metric(p.run, "teacher_kl") for p in members]),
+            "labels_kl": nanmean([final_metric(p.labels, "teacher_kl") for p in members]),
             "seeds": sorted(p.run["config"]["seed"] for p in members),
         })
     return rows
@@ -85,9 +90,8 @@ def fidelity_correlation(pairs: list[Pair]) -> dict[str, dict[str, float]]:
     for p in pairs:
         by_arm[p.arm].append(p)
     for name, members in sorted(by_arm.items(), key=lambda kv: arm_order(kv[0], kv[1][0].run.get("kd") or {})):
-        pi = [100 * (p.run["final"]["test_acc"] - p.labels["final"]["test_acc"]) for p in members]
-        d_agree = [100 * (final_metric(p.run, "teacher_agreement") - final_metric(p.labels, "teacher_agreement"))
-                   for p in members]
+        pi = [pair_pi(p) for p in members]
+        d_agree = [agreement_gain(p) for p in members]
         d_kl = [final_metric(p.labels, "teacher_kl") - final_metric(p.run, "teacher_kl") for p in members]
         out[name] = {"pairs": len(members), "r_pi_agreement_gain": pearson(pi, d_agree),
                      "r_pi_kl_reduction": pearson(pi, d_kl)}

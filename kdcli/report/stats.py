@@ -22,6 +22,12 @@ def t_quantile_975(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
+def nanmean(values: list[float]) -> float:
+    """Mean of the values that are not NaN; NaN when none is."""
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
 def mean_ci(values: list[float]) -> tuple[float, float, float]:
     """(mean, lower, upper) of the 95% t-interval; the bounds are NaN for fewer than 2 values."""
     n = len(values)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdcli.config import need
 from kdcli.errors import ArtifactError, ConfigError, DataError
 from kdcli.io import runs
 from kdcli.io.hashing import sha256_array
@@ -76,10 +77,6 @@ class CKAConfig:
     def __post_init__(self):
         for name in ("layers_a", "layers_b", "estimators"):
             object.__setattr__(self, name, tuple(dict.fromkeys(getattr(self, name))))
-
-        def need(cond: bool, flag: str, what: str, value) -> None:
-            if not cond:
-                raise ConfigError(f"{flag} {value}: expected {what}")
 
         need(self.split in ("test", "train"), "--split", "test or train", self.split)
         need(len(self.estimators) > 0, "--estimator", "at least one estimator", "(none)")

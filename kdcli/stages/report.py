@@ -16,7 +16,7 @@ from pathlib import Path
 from kdcli.errors import ConfigError
 from kdcli.io.atomic import write_bytes, write_json
 from kdcli.report.pairs import Pair, Pairing, Scan, pair_runs, scan
-from kdcli.report.pi import fidelity_correlation, final_metric, pi_rows, varying_fields
+from kdcli.report.pi import agreement_gain, fidelity_correlation, pair_pi, pi_rows, varying_fields
 
 
 @dataclass(frozen=True)
@@ -213,10 +213,7 @@ def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
     if plots and result.rows:
         written.append(P.pi_vs_kappa(result.rows, out / "pi_vs_kappa.png"))
         written.append(P.accuracy_vs_kappa(result.rows, out / "accuracy_vs_kappa.png"))
-        points = [(100 * (final_metric(p.run, "teacher_agreement")
-                          - final_metric(p.labels, "teacher_agreement")),
-                   100 * (p.run["final"]["test_acc"] - p.labels["final"]["test_acc"]),
-                   p.run["subset"]["kappa"]) for p in result.pairing.pairs]
+        points = [(agreement_gain(p), pair_pi(p), p.run["subset"]["kappa"]) for p in result.pairing.pairs]
         points = [pt for pt in points if not math.isnan(pt[0])]
         if points:
             written.append(P.fidelity_vs_pi(points, out / "fidelity_vs_pi.png"))
