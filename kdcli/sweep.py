@@ -18,18 +18,26 @@ from pathlib import Path
 from kdcli.errors import ConfigError
 
 
-def parse_grid(items: list[str], config_type) -> list[tuple[str, list]]:
+def sweepable(config_type, stage: str) -> dict[str, dataclasses.Field]:
+    """The settings a grid may sweep: what changes the trained model (roles training, arm and
+    input; kdcli/config.py) and this stage's command offers."""
+    return {f.name: f for f in dataclasses.fields(config_type)
+            if f.metadata.get("role") in ("training", "arm", "input") and f.metadata.get("cli", True)
+            and stage in (f.metadata.get("stages") or (stage,))}
+
+
+def parse_grid(items: list[str], config_type, stage: str) -> list[tuple[str, list]]:
     """[(field, values)] from KEY=V1,V2 items, values converted to the field's type."""
-    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    fields = sweepable(config_type, stage)
     grid, seen = [], set()
     for item in items:
         key, sep, values = item.partition("=")
         name = key.strip().replace("-", "_")
         if not sep or not values:
             raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,… (e.g. kappa=0.02,0.1)")
-        if name not in fields or name in ("out", "stage", "overwrite", "resume"):
-            options = sorted(f for f in fields if f not in ("out", "stage", "overwrite", "resume"))
-            raise ConfigError(f"--grid {key}: not an option of this stage; choose from {', '.join(options)}")
+        if name not in fields:
+            raise ConfigError(f"--grid {key}: not a setting this stage can sweep; choose from "
+                              f"{', '.join(sorted(fields))}")
         if name in seen:
             raise ConfigError(f"--grid {key}: given twice")
         seen.add(name)
@@ -89,6 +97,6 @@ def point_name(point: dict) -> str:
 
 def apply_point(cfg, grid_items: list[str], index: int | None):
     """The config of one grid point: the point's values, and OUT/<point name> as run dir."""
-    grid = parse_grid(grid_items, type(cfg))
+    grid = parse_grid(grid_items, type(cfg), cfg.stage)
     point = grid_point(grid, task_index(index))
     return cfg.replace(**point, out=str(Path(cfg.out) / point_name(point)))

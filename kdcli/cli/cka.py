@@ -2,75 +2,38 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated
 
 import typer
 
+from kdcli.cli import build
 from kdcli.cli import options as o
 from kdcli.cli.main import app
 from kdcli.errors import ConfigError
 
-Layers = "Layer by module name (kdcli cka --list-layers RUN), or NAME:in for a module's input; " \
-         "repeatable or comma-separated. Default: the penultimate representation."
 
-
-@app.command("cka")
-def cka_cmd(
-    run_dirs: Annotated[list[str] | None, typer.Argument(
-        metavar="RUN_A RUN_B", help="Two completed run dirs trained on the same dataset "
-                                    "(one with --list-layers).", show_default=False)] = None,
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Parquet file to write.")] = None,
-    list_layers: Annotated[bool, typer.Option(
-        "--list-layers", help="Print the layer names and feature sizes of one RUN and exit.")] = False,
-    split: Annotated[str, typer.Option(help="Split of the runs' dataset: test or train.")] = "test",
-    max_samples: Annotated[int | None, typer.Option(
-        help="Use a seeded random subset of this many samples (default: the whole split).")] = None,
-    layers_a: Annotated[list[str] | None, typer.Option("--layers-a", help=f"RUN_A: {Layers}")] = None,
-    layers_b: Annotated[list[str] | None, typer.Option("--layers-b", help=f"RUN_B: {Layers}")] = None,
-    estimator: Annotated[list[str] | None, typer.Option(
-        "--estimator", "-e", help="linear, rbf, debiased (unbiased HSIC) or minibatch (streams; "
-                                  "constant memory); repeatable or comma-separated. "
-                                  "Default: linear and debiased.", show_default=False)] = None,
-    rbf_sigma: Annotated[float, typer.Option(
-        help="RBF bandwidth as a multiple of the median pairwise distance.")] = 1.0,
-    batch_size: Annotated[int, typer.Option(
-        help="Inference batch size, and the minibatch estimator's batch.")] = 256,
-    bootstrap: Annotated[int, typer.Option(
-        help="Resamples for a 95% basic bootstrap CI (over samples; over batches for "
-             "minibatch). 0: none.")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the sample order and of the bootstrap.")] = 0,
-    data_dir: o.DataDir = None,
-    device: o.Device = "auto",
-    threads: o.Threads = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
-    quiet: o.Quiet = False,
-) -> None:
+def _cka(run_dirs: list[str] | None, list_layers: bool, quiet: bool, **values) -> None:
     """Centered kernel alignment of two models' features on the same inputs, per layer pair."""
     run_dirs = run_dirs or []
     if list_layers:
         if len(run_dirs) != 1:
             raise ConfigError(f"--list-layers: expected one RUN, got {len(run_dirs)}")
-        _print_layers(run_dirs[0], device)
+        _print_layers(run_dirs[0], values["device"], values["data_dir"])
         return
     if len(run_dirs) != 2:
         raise ConfigError(f"RUN_A RUN_B: expected two run directories, got {len(run_dirs)} "
                           "(or one with --list-layers)")
-    if out is None:
-        raise ConfigError("--out: required, the Parquet file to write (e.g. --out cka.parquet)")
 
     from kdcli.cli.display import ProgressBar, console, err_console
+    from kdcli.config import CKAConfig
     from kdcli.stages import cka
 
-    estimators = cka.parse_names(estimator) or ("linear", "debiased")
-    cfg = cka.CKAConfig(run_a=run_dirs[0], run_b=run_dirs[1], out=out, split=split,
-                        max_samples=max_samples, layers_a=cka.parse_names(layers_a),
-                        layers_b=cka.parse_names(layers_b), estimators=estimators,
-                        rbf_sigma=rbf_sigma, batch_size=batch_size, bootstrap=bootstrap, seed=seed,
-                        data_dir=data_dir, device=device, threads=threads, overwrite=overwrite)
-    with ProgressBar(f"cka {out}", quiet) as bar:
-        result = cka.run(cfg, callbacks=bar)
+    cfg = CKAConfig(run_a=run_dirs[0], run_b=run_dirs[1], **build.config_values(CKAConfig, values))
+    with ProgressBar(f"cka {cfg.out}", quiet) as bar:
+        result = cka.run(cfg, progress=bar)
     if result.skipped:
-        err_console.print(f"{out}: already holds this CKA, skipped (--overwrite to redo)")
+        err_console.print(f"{cfg.out}: already holds this CKA, skipped (--overwrite to redo)")
     if quiet:
         return
     meta = result.metadata
@@ -81,6 +44,22 @@ def cka_cmd(
         console.print(table)
     if not result.skipped:
         console.print(f"wrote {result.path}")
+
+
+def _register() -> None:
+    from kdcli.config import CKAConfig
+
+    run_dirs = inspect.Parameter("run_dirs", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        list[str] | None, typer.Argument(metavar="RUN_A RUN_B", show_default=False,
+                                         help="Two completed run dirs trained on the same dataset "
+                                              "(one with --list-layers).")])
+    list_layers = inspect.Parameter("list_layers", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--list-layers", help="Print the layer names and feature sizes of one RUN and exit.")])
+    build.register(app, "cka", _cka, [run_dirs, list_layers, *build.option_parameters(CKAConfig), o.QUIET],
+                   "Centered kernel alignment of two models' features on the same inputs, per layer pair.")
+
+
+_register()
 
 
 def _cell(row: dict, ci: bool) -> str:
@@ -118,13 +97,13 @@ def _tables(result):
     return tables
 
 
-def _print_layers(run_dir: str, device: str) -> None:
+def _print_layers(run_dir: str, device: str, data_dir: str | None) -> None:
     from rich.table import Table
 
     from kdcli.cli.display import console
     from kdcli.stages import cka
 
-    run, layers = cka.list_layers(run_dir, "cpu" if device == "auto" else device)
+    run, layers = cka.layers(run_dir, "cpu" if device == "auto" else device, data_dir)
     table = Table(title=f"layers of {run['model']['name']} ({run['dir']})", header_style="bold")
     for name, justify in (("layer", "left"), ("module", "left"), ("shape", "right"),
                           ("features", "right"), ("", "left")):

@@ -1,4 +1,4 @@
-"""Terminal output: the rich progress bar (as training callbacks) and summary tables."""
+"""Terminal output: the rich progress bar (the library's Progress protocol) and summary tables."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from kdcli.progress import Progress as ProgressProtocol
+
 # Rich falls back to 80 columns when output is not a terminal (logs, slurm .out
 # files), which folds wide tables; use a wider page there unless COLUMNS says otherwise.
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
@@ -23,8 +25,8 @@ console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
 
 
-class ProgressBar:
-    """Training callbacks drawing a rich progress bar on stderr; silent when not a TTY or quiet."""
+class ProgressBar(ProgressProtocol):
+    """A rich progress bar on stderr; silent when not a TTY or quiet."""
 
     def __init__(self, description: str, quiet: bool = False):
         self.enabled = not quiet and sys.stderr.isatty()
@@ -44,22 +46,20 @@ class ProgressBar:
         if self.progress is not None:
             self.progress.stop()
 
-    def on_start(self, total_steps: int, done_steps: int) -> None:
+    def start(self, total: int, done: int = 0) -> None:
         if self.progress is not None:
-            self.task = self.progress.add_task(self.description, total=total_steps,
-                                               completed=done_steps, metrics="")
+            self.task = self.progress.add_task(self.description, total=total, completed=done, metrics="")
 
-    def on_step(self, step: int | None = None) -> None:
-        """Move to `step` done, or one further when step is None."""
+    def advance(self, done: int | None = None) -> None:
         if self.progress is not None:
-            if step is None:
+            if done is None:
                 self.progress.advance(self.task)
             else:
-                self.progress.update(self.task, completed=step)
+                self.progress.update(self.task, completed=done)
 
-    def on_epoch(self, row: dict) -> None:
+    def metrics(self, row: dict) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, metrics=f"epoch {row['epoch']} test acc {row['test_acc']:.4f}")
+            self.progress.update(self.task, metrics=f"step {row['step']} test acc {row['test_acc']:.4f}")
 
 
 def fmt(value) -> str:

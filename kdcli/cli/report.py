@@ -26,7 +26,8 @@ def report_cmd(
         help="Bootstrap CI with this many resamples instead of the t-interval (0 = t).")] = 0,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots with --out.")] = True,
 ) -> None:
-    """Pair students with their label-trained twins: PI = acc(arm) − acc(labels) per κ, τ, ε."""
+    """Pair students with their label-trained twins: PI per κ, τ, ε (for classification
+    acc(arm) − acc(labels) in points; each run's task says which metric)."""
     from rich.table import Table
 
     from kdcli.cli.display import console, err_console
@@ -37,15 +38,16 @@ def report_cmd(
     result = report.run(cfg)
     ci_name = f"95% CI ({'bootstrap' if bootstrap else 't'})"
     table = Table(title=f"PI vs κ — {root}", header_style="bold")
-    cols = ["arm", "model", *result.group_by, "κ", "n", "pairs", "arm acc", "labels acc", "PI", ci_name,
-            "teacher acc", "agree arm/labels", "KL arm/labels"]
+    metric = result.rows[0]["metric"].removeprefix("test_") if result.rows else "acc"
+    cols = ["arm", "model", *result.group_by, "κ", "n", "pairs", f"arm {metric}", f"labels {metric}", "PI",
+            ci_name, f"teacher {metric}", "agree arm/labels", "KL arm/labels"]
     for name in cols:
         table.add_column(name, justify="left" if name in ("arm", "model") else "right")
     for r in result.rows:
         ci = "—" if math.isnan(r["pi_lo"]) else f"[{r['pi_lo']:+.2f}, {r['pi_hi']:+.2f}]"
         table.add_row(r["arm"], r["model"], *(str(r[g]) for g in result.group_by), f"{r['kappa']:g}",
-                      str(r["n_train"]), str(r["pairs"]), _f(r["arm_acc"]), _f(r["labels_acc"]),
-                      _f(r["pi"], "+.2f"), ci, _f(r["teacher_acc"]),
+                      str(r["n_train"]), str(r["pairs"]), _f(r["arm_metric"]), _f(r["labels_metric"]),
+                      _f(r["pi"], "+.2f"), ci, _f(r["teacher_metric"]),
                       f"{_f(r['arm_agreement'], '.1f')}/{_f(r['labels_agreement'], '.1f')}",
                       f"{_f(r['arm_kl'], '.3f')}/{_f(r['labels_kl'], '.3f')}")
     if result.rows:
@@ -86,9 +88,10 @@ def report_cmd(
     for label, dirs in (("unpaired", [r["dir"] for r in result.pairing.unpaired]),
                         ("duplicate (not counted)", [r["dir"] for r in result.pairing.duplicates]),
                         ("label run without --teacher (cannot pair)", [r["dir"] for r in result.pairing.no_teacher]),
-                        ("incomplete (no run.json)", result.scan.incomplete),
-                        ("unreadable run.json", result.scan.unreadable)):
+                        ("incomplete (no run.json)", result.scan.incomplete)):
         for d in dirs:
             err_console.print(f"{label}: {d}")
+    for _path, why in result.scan.damaged + result.damaged_cka:
+        err_console.print(f"damaged, not counted: {why}", highlight=False, soft_wrap=True)
     if result.written:
         console.print(f"wrote {len(result.written)} files to {out}")

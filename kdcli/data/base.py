@@ -1,4 +1,4 @@
-"""What every dataset provides: in-memory splits, a fingerprint, a description."""
+"""What every dataset provides: in-memory splits, its task, a fingerprint, a description."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from kdcli.data.task import Task, classification
 from kdcli.errors import ConfigError
 from kdcli.io.hashing import sha256_array
 
@@ -18,8 +19,8 @@ from kdcli.io.hashing import sha256_array
 class Split:
     """One split held in memory. `index` is each sample's id in the split's canonical order."""
 
-    x: torch.Tensor  # float32 features, or uint8 images [N, C, H, W]
-    y: torch.Tensor  # int64 labels
+    x: torch.Tensor  # float32 features, uint8 images [N, C, H, W], or int64 token windows
+    y: torch.Tensor  # int64 targets: [N] classes, or [N, T] tokens (IGNORE where none counts)
     index: torch.Tensor  # int64
 
     def __len__(self) -> int:
@@ -45,6 +46,11 @@ class Dataset:
     mean: tuple[float, ...] | None = None  # per-channel normalisation of images
     std: tuple[float, ...] | None = None
     class_names: list[str] | None = None
+
+    @property
+    def task(self) -> Task:
+        """What the rows are, how κ subsets are ordered, and which metric PI is computed from."""
+        return classification(self.num_classes)
 
     def __init__(self, args: dict, data_dir: str | None = None):
         self.args = args
@@ -90,12 +96,13 @@ class Dataset:
             "data_dir": self.data_dir,
             "fingerprint": self.fingerprint,
             "num_classes": self.num_classes,
+            "task": self.task.describe(),
             "input_shape": list(self.input_shape),
             "n_train": len(self.train()),
             "n_test": len(self.test()),
         }
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
         """Model input from stored samples (uint8 images become standardised floats)."""
         if not self.image:
             return x

@@ -1,7 +1,9 @@
-"""κ subsets: nested, class-stratified, seeded, relative to the teacher's n_T.
+"""κ subsets: nested, seeded, relative to the teacher's n_T.
 
-A seeded, class-stratified permutation of the pool fixes an order; the κ subset
-is its first ⌊κ·n_T⌋ samples, so κ=0.1 ⊂ κ=0.2 ⊂ … for one subset seed. Within
+A seeded permutation of the pool fixes an order; the κ subset is its first
+⌊κ·n_T⌋ samples, so κ=0.1 ⊂ κ=0.2 ⊂ … for one subset seed. The dataset's task
+says which permutation: class-stratified for classification, a plain seeded
+permutation of samples otherwise (token windows have no class). Stratified: within
 each class the samples are shuffled and given keys 0, 1/n_c, 2/n_c, …; sorting
 all samples by key (random tie-break) interleaves the classes in proportion, and
 the first sample of every class has key 0, so any prefix of at least C samples
@@ -30,6 +32,17 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
         members = rng.permutation(np.flatnonzero(labels == c))
         key[members] = np.arange(len(members)) / len(members)
     return np.lexsort((rng.random(len(labels)), key))
+
+
+def permutation_order(n: int, seed: int) -> np.ndarray:
+    """Positions of the pool in subset order for tasks without classes."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+def subset_order(dataset: Dataset, seed: int) -> np.ndarray:
+    if dataset.task.subsets == "stratified":
+        return stratified_order(dataset.train().y.numpy(), seed)
+    return permutation_order(len(dataset.train()), seed)
 
 
 def subset_size(kappa: float, n_pool: int) -> int:
@@ -64,7 +77,7 @@ def kappa_subset(dataset: Dataset, kappa: float, seed: int) -> Subset:
     if kappa > 1 and not dataset.extensible:
         raise ConfigError(f"--kappa {kappa} > 1 needs a dataset that can generate more samples than the "
                           f"teacher's pool (mnist1d); {dataset.name!r} has only its {n_pool} train samples")
-    order = torch.from_numpy(stratified_order(pool.y.numpy(), seed))
+    order = torch.from_numpy(subset_order(dataset, seed))
     if size <= n_pool:
         return Subset(pool.take(order[:size]), kappa, seed, n_pool)
     extra = dataset.extra(size - n_pool)

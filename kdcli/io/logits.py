@@ -34,13 +34,19 @@ ROW_GROUP_ROWS = 65536
 
 @dataclass
 class TeacherLogits:
-    """One split's logits from a file, indexed by sample id."""
+    """One split's logits from a file, as stored: dense rows ([N, V] float16/float32) or top-k
+    rows (values, ids, log-sum-exp). Rows become float32 [n, V] only for the rows asked for,
+    so a top-k file of a large vocabulary is never densified for a whole split."""
 
-    index: np.ndarray  # int64 [N]
-    logits: torch.Tensor  # float32 [N, C] (dense; reconstructed from top-k if stored so)
+    index: np.ndarray  # int64 [N]: sample ids
+    num_classes: int
+    dense: torch.Tensor | None = None  # [N, V] as stored
+    topk_values: torch.Tensor | None = None  # [N, K]
+    topk_ids: torch.Tensor | None = None  # [N, K] int64
+    lse: torch.Tensor | None = None  # [N] float32
 
-    def rows_for(self, ids: np.ndarray, what: str) -> torch.Tensor:
-        """Logits of samples `ids` in that order; every id must be present."""
+    def positions_for(self, ids: np.ndarray, what: str) -> torch.Tensor:
+        """The file rows of samples `ids`, in that order; every id must be present."""
         lookup = np.full(int(max(self.index.max(initial=-1), ids.max(initial=-1))) + 1, -1, dtype=np.int64)
         lookup[self.index] = np.arange(len(self.index))
         rows = lookup[ids]
@@ -49,7 +55,23 @@ class TeacherLogits:
             raise ArtifactError(f"{what}: {missing} of the {len(ids)} samples needed have no logits "
                                 f"(e.g. index {int(ids[rows < 0][0])}); dump logits for them "
                                 "(dump-logits --extra-train N for κ > 1)")
-        return self.logits[torch.from_numpy(rows)]
+        return torch.from_numpy(rows)
+
+    def to(self, device) -> TeacherLogits:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return TeacherLogits(self.index, self.num_classes, move(self.dense), move(self.topk_values),
+                             move(self.topk_ids), move(self.lse))
+
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [n, V] of file rows `positions` (top-k rows filled in as `dense_logits`)."""
+        if self.dense is not None:
+            return self.dense[positions].float()
+        return dense_logits(self.topk_values[positions].float(), self.topk_ids[positions],
+                            self.lse[positions], self.num_classes)
+
+    def rows_for(self, ids: np.ndarray, what: str) -> torch.Tensor:
+        """Float32 logits of samples `ids`, in that order (small selections only)."""
+        return self.rows(self.positions_for(ids, what))
 
 
 def write_logits(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
@@ -134,18 +156,18 @@ def read_logits(path: str | Path, split: str, flag: str = "--logits") -> Teacher
     c, k = int(meta["num_classes"]), int(meta["topk"])
     index = table.column("index").to_numpy()
     if k == 0:
-        logits = _flat(table.column("logits")).float().reshape(-1, c)
-        _check_finite(logits, path, split, flag)
-        return TeacherLogits(index, logits)
-    values = _flat(table.column("topk_logits")).float().reshape(-1, k)
+        dense = _flat(table.column("logits")).reshape(-1, c)
+        _check_finite(dense, path, split, flag)
+        return TeacherLogits(index, c, dense=dense)
+    values = _flat(table.column("topk_logits")).reshape(-1, k)
     ids = _flat(table.column("topk_ids")).long().reshape(-1, k)
     lse = torch.from_numpy(table.column("lse").to_numpy().astype(np.float32))
-    _check_finite(torch.cat([values, lse[:, None]], 1), path, split, flag)
-    return TeacherLogits(index, dense_logits(values, ids, lse, c))
+    _check_finite(torch.cat([values.float(), lse[:, None]], 1), path, split, flag)
+    return TeacherLogits(index, c, topk_values=values, topk_ids=ids, lse=lse)
 
 
 def _check_finite(values: torch.Tensor, path, split: str, flag: str) -> None:
-    bad = ~torch.isfinite(values).all(1)
+    bad = ~torch.isfinite(values).all(1)  # float16 rows are checked as stored: inf stays inf
     if bool(bad.any()):
         raise ArtifactError(f"{flag} {path}: {int(bad.sum())} {split} rows hold NaN or infinite logits")
 

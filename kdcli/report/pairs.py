@@ -11,52 +11,20 @@ duplicates are reported, never dropped silently or counted twice.
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-# Config fields outside the pairing key: where and how a run ran, and the loss
-# settings that define the arm.
-_NOT_IN_KEY = {"out", "stage", "overwrite", "resume", "device", "threads", "eval_batch_size",
-               "eval_every", "teacher", "logits", "tau", "alpha", "kd_backend", "label_smoothing",
-               "match_smoothing_tau",
-               "dataset", "dataset_args", "data_dir"}
-RUN_MARKERS = {"checkpoint.json", "model.safetensors", "metrics.parquet"}
+from kdcli.config import DistillConfig, fields_with_role
 
-
-@dataclass
-class Scan:
-    runs: list[dict] = field(default_factory=list)
-    incomplete: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-    cka_files: list[str] = field(default_factory=list)
-
-
-def scan(root: str | Path) -> Scan:
-    """Every run.json under root (recursively), run dirs that have none, and CKA files."""
-    result = Scan()
-    for dirpath, _dirs, files in os.walk(root):
-        if "run.json" in files:
-            try:
-                run = json.loads((Path(dirpath) / "run.json").read_text())
-            except (OSError, ValueError):
-                run = None
-            if isinstance(run, dict) and run.get("format") == "kdcli-run" and "config" in run:
-                run["dir"] = dirpath
-                result.runs.append(run)
-            else:
-                result.unreadable.append(dirpath)  # damaged, or some other tool's run.json
-        elif RUN_MARKERS & set(files):
-            result.incomplete.append(dirpath)
-        result.cka_files += [os.path.join(dirpath, f) for f in files if f.endswith(".parquet")
-                             and f.startswith("cka")]
-    return result
+# The pairing key's settings: those that change the trained weights (kdcli/config.py roles);
+# the arm's loss settings, inputs (compared through fingerprint, model, teacher id) and how a
+# run ran are not part of it.
+PAIRING = fields_with_role(DistillConfig, "training")
 
 
 def setting(run: dict) -> dict:
     """The config fields a pair shares, besides dataset, teacher and model."""
-    cfg = {k: v for k, v in run["config"].items() if k not in _NOT_IN_KEY}
+    cfg = {k: v for k, v in run["config"].items() if k in PAIRING}
     if cfg.get("steps") is not None:
         cfg.pop("epochs", None)  # --steps overrides --epochs
     return cfg

@@ -5,8 +5,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from kdcli.data.task import Task
 from kdcli.report.pairs import Pair, setting
 from kdcli.report.stats import bootstrap_ci, mean_ci, nanmean, pearson
+
+
+def task_of(run: dict) -> Task:
+    """The task a run recorded (runs of format 1 are classification)."""
+    return Task.from_record(run.get("task"), run["dataset"].get("num_classes"))
 
 
 def final_metric(run: dict, key: str) -> float:
@@ -15,9 +21,17 @@ def final_metric(run: dict, key: str) -> float:
     return math.nan if value is None else value
 
 
+def primary(run: dict) -> float:
+    """The run's primary metric as tables show it (accuracy in %)."""
+    task = task_of(run)
+    return task.display(final_metric(run, task.primary))
+
+
 def pair_pi(p: Pair) -> float:
-    """acc(arm) − acc(labels) of one pair, in points."""
-    return 100 * (final_metric(p.run, "test_acc") - final_metric(p.labels, "test_acc"))
+    """PI of one pair, as the task defines it from its primary metric (for classification
+    acc(arm) − acc(labels) in points)."""
+    task = task_of(p.run)
+    return task.pi_value(final_metric(p.run, task.primary), final_metric(p.labels, task.primary))
 
 
 def agreement_gain(p: Pair) -> float:
@@ -39,9 +53,10 @@ def varying_fields(pairs: list[Pair]) -> list[str]:
     return sorted(k for k, v in values.items() if len(v) > 1 and k not in ("seed", "subset_seed", "kappa"))
 
 
-def pi_rows(pairs: list[Pair], teacher_acc: dict[str, float], group_by: tuple[str, ...] = (),
+def pi_rows(pairs: list[Pair], teacher_metric: dict[str, float], group_by: tuple[str, ...] = (),
             bootstrap: int = 0) -> list[dict]:
-    """Accuracies and PI in points; fidelity (agreement in points, KL in nats) of both arms.
+    """The primary metric of both arms (accuracy in %) and PI as the task defines it (points for
+    accuracy); fidelity (agreement in points, KL in nats) of both arms.
 
     Rows pool the pairs that differ only in seed and subset seed; `group_by` should
     include every other setting that varies (see varying_fields).
@@ -60,8 +75,7 @@ def pi_rows(pairs: list[Pair], teacher_acc: dict[str, float], group_by: tuple[st
     for key, members in sorted(groups.items(), key=order):
         arm, model, teacher = key[:3]
         kappa = key[-1]
-        arm_acc = [100 * final_metric(p.run, "test_acc") for p in members]
-        lab_acc = [100 * final_metric(p.labels, "test_acc") for p in members]
+        task = task_of(members[0].run)
         diffs = [pair_pi(p) for p in members]
         pi, lo, hi = bootstrap_ci(diffs, bootstrap) if bootstrap else mean_ci(diffs)
         kd = members[0].run.get("kd") or {}
@@ -71,9 +85,11 @@ def pi_rows(pairs: list[Pair], teacher_acc: dict[str, float], group_by: tuple[st
             "tau": kd.get("tau"), "alpha": kd.get("alpha"),
             "label_smoothing": members[0].run["config"].get("label_smoothing", 0.0),
             "kappa": kappa, "n_train": members[0].run["subset"]["size"], "pairs": len(members),
-            "arm_acc": nanmean(arm_acc), "labels_acc": nanmean(lab_acc),
+            "metric": task.primary, "pi_method": task.pi,
+            "arm_metric": nanmean([primary(p.run) for p in members]),
+            "labels_metric": nanmean([primary(p.labels) for p in members]),
             "pi": pi, "pi_lo": lo, "pi_hi": hi, "ci": "bootstrap" if bootstrap else "t",
-            "teacher_acc": teacher_acc.get(teacher, math.nan),
+            "teacher_metric": teacher_metric.get(teacher, math.nan),
             "arm_agreement": 100 * nanmean([final_metric(p.run, "teacher_agreement") for p in members]),
             "labels_agreement": 100 * nanmean([final_metric(p.labels, "teacher_agreement") for p in members]),
             "arm_kl": nanmean([final_metric(p.run, "teacher_kl") for p in members]),

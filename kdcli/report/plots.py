@@ -50,11 +50,19 @@ def pi_vs_kappa(rows: list[dict], path: Path) -> Path:
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("κ (student samples / teacher's n_T)")
-    ax.set_ylabel("PI = acc(arm) − acc(labels) (points)")
+    ax.set_ylabel(pi_label(rows[0]))
     ax.set_title("Performance increment vs κ (mean" + (", 95% CI band" if show_bands else "")
                  + " over paired seeds)")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def pi_label(row: dict) -> str:
+    """What PI means for a report row's task (kdcli/data/task.py)."""
+    if row["pi_method"] == "difference_points":
+        name = "acc" if row["metric"] == "test_acc" else row["metric"]
+        return f"PI = {name}(arm) − {name}(labels) (points)"
+    return f"PI = relative reduction of {row['metric']} (%)"
 
 
 def accuracy_vs_kappa(rows: list[dict], path: Path) -> Path:
@@ -63,18 +71,18 @@ def accuracy_vs_kappa(rows: list[dict], path: Path) -> Path:
     labels_done = set()
     for label, line in _lines(rows).items():
         k = [r["kappa"] for r in line]
-        ax.plot(k, [r["arm_acc"] for r in line], marker="o", label=label)
+        ax.plot(k, [r["arm_metric"] for r in line], marker="o", label=label)
         base = (line[0]["model"], line[0]["teacher"])
         if base not in labels_done:
             labels_done.add(base)
-            ax.plot(k, [r["labels_acc"] for r in line], marker="s", ls="--", color="gray",
+            ax.plot(k, [r["labels_metric"] for r in line], marker="s", ls="--", color="gray",
                     label="labels" if len(labels_done) == 1 else None)
-    for teacher_acc in {r["teacher_acc"] for r in rows if not math.isnan(r["teacher_acc"])}:
-        ax.axhline(teacher_acc, color="black", ls=":", lw=1, label="teacher")
+    for teacher in {r["teacher_metric"] for r in rows if not math.isnan(r["teacher_metric"])}:
+        ax.axhline(teacher, color="black", ls=":", lw=1, label="teacher")
     ax.set_xscale("log")
     ax.set_xlabel("κ")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Student accuracy vs κ")
+    ax.set_ylabel("test accuracy (%)" if rows[0]["metric"] == "test_acc" else rows[0]["metric"])
+    ax.set_title(f"Student {rows[0]['metric']} vs κ")
     ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -17,9 +17,10 @@ from kdcli.data import dataset_from_description
 from kdcli.errors import ArtifactError, ConfigError
 from kdcli.io.logits import read_metadata, write_logits
 from kdcli.io.provenance import now_iso, provenance
-from kdcli.stages.teacher import load_teacher_model, resolve_teacher
+from kdcli.progress import Progress
+from kdcli.teacher import resolve_teacher
 from kdcli.train.device import select_device
-from kdcli.train.loop import predict
+from kdcli.train.loop import predict_batches
 
 
 @dataclass
@@ -30,7 +31,8 @@ class DumpResult:
     metadata: dict
 
 
-def run(cfg: DumpConfig, on_start=None, on_batch=None) -> DumpResult:
+def run(cfg: DumpConfig, progress: Progress | None = None) -> DumpResult:
+    progress = progress or Progress()
     teacher = resolve_teacher(cfg.teacher, None)
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
@@ -47,6 +49,9 @@ def run(cfg: DumpConfig, on_start=None, on_batch=None) -> DumpResult:
         return DumpResult(out, True, {}, meta)
 
     dataset = dataset_from_description(teacher.dataset, cfg.data_dir, f"--teacher {cfg.teacher}")
+    if dataset.task.kind != "classification":
+        raise ConfigError(f"--teacher {cfg.teacher}: dump-logits stores one row per sample; the "
+                          f"{dataset.task.kind} task of {dataset.name!r} is not supported yet")
     if cfg.topk is not None and cfg.topk >= dataset.num_classes:
         raise ArtifactError(f"--topk {cfg.topk}: the teacher has only {dataset.num_classes} classes; "
                             "store full logits instead")
@@ -57,15 +62,17 @@ def run(cfg: DumpConfig, on_start=None, on_batch=None) -> DumpResult:
     if cfg.extra_train:
         splits["extra"] = dataset.extra(cfg.extra_train)  # stored under split "train"
     device = select_device(cfg.device)
-    model = load_teacher_model(teacher, device)
-    if on_start is not None:
-        on_start(sum(-(-len(s) // cfg.batch_size) for s in splits.values()))
+    model = teacher.load_model(device)
+    progress.start(sum(-(-len(s) // cfg.batch_size) for s in splits.values()))
 
     started = now_iso()
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, split in splits.items():
-        logits = predict(model, split.x.to(device), dataset.normalise, cfg.batch_size, on_batch)
-        arrays[name] = (split.index.numpy(), logits.cpu().numpy())
+        logits = np.empty((len(split), dataset.task.outputs), dtype=np.float32)
+        for start, batch in predict_batches(model, split.x, dataset.model_input, cfg.batch_size, device):
+            logits[start:start + len(batch)] = batch.cpu().numpy()
+            progress.advance()
+        arrays[name] = (split.index.numpy(), logits)
     if "extra" in arrays:
         extra = arrays.pop("extra")
         arrays["train"] = tuple(np.concatenate([a, b]) for a, b in zip(arrays["train"], extra))

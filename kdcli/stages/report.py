@@ -1,7 +1,10 @@
 """`report`: the paper's tables and plots from a tree of run dirs.
 
-Reads only run.json files (and CKA Parquet files), so it stays fast on
-thousands of runs. Writes CSV, Markdown and JSON tables and PNG plots to --out.
+Reads only run.json files (through kdcli.io.runs, the one reader of run dirs) and CKA
+Parquet files, so it stays fast on thousands of runs. Each run's task (run.json `task`)
+says which metric PI is computed from and how. Damaged runs and CKA files are listed
+with the reason, never skipped silently. Writes CSV, Markdown and JSON tables and PNG
+plots to --out.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdcli.errors import ConfigError
+from kdcli.errors import ArtifactError, ConfigError
 from kdcli.io.atomic import write_bytes, write_json
-from kdcli.report.pairs import Pair, Pairing, Scan, pair_runs, scan
-from kdcli.report.pi import agreement_gain, fidelity_correlation, pair_pi, pi_rows, varying_fields
+from kdcli.io.runs import Found, scan
+from kdcli.report.pairs import Pair, Pairing, pair_runs
+from kdcli.report.pi import agreement_gain, fidelity_correlation, pair_pi, pi_rows, primary, varying_fields
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,9 @@ class ReportResult:
     ls_table: list[dict]
     fidelity: dict
     cka_rows: list[dict]
-    scan: Scan
+    scan: Found
     pairing: Pairing
+    damaged_cka: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
     written: list[Path] = field(default_factory=list)
 
 
@@ -102,18 +107,21 @@ def ls_table(rows: list[dict], group_by: tuple[str, ...]) -> list[dict]:
             for point, cols in sorted(by_point.items(), key=lambda kv: str(kv[0][:-1]) + f"{kv[0][-1]:012.6f}")]
 
 
-def cka_rows(paths: list[str], runs: dict[str, dict], pairs: list[Pair]) -> list[dict]:
-    """Mean CKA with the teacher per (arm, estimator, κ), from CKA files linking teacher and student."""
-    import pyarrow.parquet as pq
+def cka_rows(paths: list[str], runs: dict[str, dict], pairs: list[Pair]
+             ) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Mean CKA with the teacher per (arm, estimator, κ), from CKA files linking teacher and
+    student; and the CKA files that could not be read, with the reason."""
+    from kdcli.io.cka import read_cka
 
     labels_ids = {p.labels["run_id"] for p in pairs}
     arm_of = {p.run["run_id"]: p.arm for p in pairs} | {i: "labels" for i in labels_ids}
     values: dict[tuple, list[float]] = defaultdict(list)
+    damaged = []
     for path in paths:
         try:
-            table = pq.read_table(path)
-            meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        except Exception:  # noqa: BLE001  not a readable CKA file: not ours to judge here
+            table, meta = read_cka(path, flag="CKA file")
+        except ArtifactError as exc:
+            damaged.append((path, str(exc)))
             continue
         ids = [meta.get("run_a_id"), meta.get("run_b_id")]
         students = [i for i in ids if i in arm_of]
@@ -121,10 +129,10 @@ def cka_rows(paths: list[str], runs: dict[str, dict], pairs: list[Pair]) -> list
         if len(students) != 1 or len(teachers) != 1:
             continue
         student = runs[students[0]]
-        for row in table.to_pylist():
+        for row in table:
             values[(arm_of[students[0]], row["estimator"], student["subset"]["kappa"])].append(row["value"])
     return [{"arm": a, "estimator": e, "kappa": k, "cka": sum(v) / len(v), "n": len(v)}
-            for (a, e, k), v in sorted(values.items())]
+            for (a, e, k), v in sorted(values.items())], damaged
 
 
 def run(cfg: ReportConfig) -> ReportResult:
@@ -144,14 +152,13 @@ def run(cfg: ReportConfig) -> ReportResult:
                               "use a config field such as model, kappa, tau, lr")
     selected = [r for r in found.runs if _matches(r, filters) or r.get("stage") == "train-teacher"]
     pairing = pair_runs(selected)
-    teacher_acc = {r["run_id"]: 100 * r["final"]["test_acc"] for r in found.runs
-                   if r.get("stage") == "train-teacher"}
+    teacher_metric = {r["run_id"]: primary(r) for r in found.runs if r.get("stage") == "train-teacher"}
     group_by = tuple(dict.fromkeys([*cfg.group_by, *varying_fields(pairing.pairs)]))
-    rows = pi_rows(pairing.pairs, teacher_acc, group_by, cfg.bootstrap)
+    rows = pi_rows(pairing.pairs, teacher_metric, group_by, cfg.bootstrap)
     by_id = {r["run_id"]: r for r in found.runs}
+    cka, damaged_cka = cka_rows(found.cka_files, by_id, pairing.pairs)
     result = ReportResult(rows, group_by, tau_tables(rows, group_by), ls_table(rows, group_by),
-                          fidelity_correlation(pairing.pairs),
-                          cka_rows(found.cka_files, by_id, pairing.pairs), found, pairing)
+                          fidelity_correlation(pairing.pairs), cka, found, pairing, damaged_cka)
     if cfg.out is not None:
         result.written = write_outputs(result, Path(cfg.out), cfg.plots)
     return result
@@ -195,7 +202,10 @@ def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
         tables["tau_kappa"] = [{**t["panel"], "tau": tau, **{f"kappa={k:g}": v for k, v in zip(t["kappas"], row)}}
                                for t in result.tau_tables for tau, row in zip(t["taus"], t["pi"])]
     tables["fidelity_correlation"] = [{"arm": a, **v} for a, v in result.fidelity.items()]
-    md = "# kdcli report\n\nPI = acc(arm) − acc(labels) in points, mean and 95% CI over paired seeds.\n\n"
+    from kdcli.report.plots import pi_label
+
+    what = pi_label(result.rows[0]) if result.rows else "PI"
+    md = f"# kdcli report\n\n{what}, mean and 95% CI over paired seeds.\n\n"
     for name, rows in tables.items():
         if rows:
             put(f"{name}.csv", _csv([{k: v for k, v in r.items() if k != "seeds"} for r in rows]))
@@ -207,7 +217,7 @@ def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
         "duplicates": [r["dir"] for r in result.pairing.duplicates],
         "labels_without_teacher": [r["dir"] for r in result.pairing.no_teacher],
         "incomplete": result.scan.incomplete,
-        "unreadable": result.scan.unreadable,
+        "damaged": [{"path": p, "why": why} for p, why in result.scan.damaged + result.damaged_cka],
     })
     written.append(out / "report.json")
     if plots and result.rows:

@@ -3,26 +3,47 @@
 A teacher trains on the dataset's whole train split (its pool, n_T samples). A
 label-trained student trains on a κ subset of a pool; given --teacher, the
 dataset, pool and n_T come from the teacher's run, so the student's κ refers
-to the teacher it will be compared with, and the per-epoch fidelity columns
+to the teacher it will be compared with, and the fidelity columns
 (teacher_agreement, teacher_kl) are recorded as for a `distill` student.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from kdcli.config import TrainConfig
-from kdcli.stages.common import RunResult, run_stage
-from kdcli.train.loop import Callbacks
+from kdcli.errors import ConfigError
+from kdcli.io.provenance import now_iso
+from kdcli.losses.objective import LabelLoss
+from kdcli.losses.smoothing import matched_smoothing
+from kdcli.progress import Progress
+from kdcli.stages import rundir
+from kdcli.stages.inputs import prepare, resolve
+from kdcli.train.loop import fit
 
 
-def run(cfg: TrainConfig, callbacks: Callbacks | None = None) -> RunResult:
-    def make_loss(p):
-        smoothing = p.cfg.label_smoothing
+def run(cfg: TrainConfig, progress: Progress | None = None) -> rundir.RunResult:
+    if cfg.match_smoothing_tau is not None and cfg.label_smoothing:
+        raise ConfigError("--match-smoothing-tau sets ε itself; drop --label-smoothing")
+    resolved = resolve(cfg)
+    action = rundir.decide(resolved.cfg)
+    if action == "skip":
+        return rundir.skipped(resolved.cfg)
+    started = now_iso()
+    p = prepare(resolved)
 
-        def loss_fn(logits, _x, labels, _positions):
-            return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+    if p.cfg.match_smoothing_tau is not None:  # the label-smoothing control
+        if p.teacher is None:
+            raise ConfigError("--match-smoothing-tau needs the teacher: give --teacher or --logits")
+        subset = p.subset.split
+        eps = matched_smoothing(p.teacher_rows("train", subset), subset, p.task, p.cfg.match_smoothing_tau,
+                                p.dataset.model_input, p.device, p.cfg.eval_batch_size)
+        p.cfg = p.cfg.replace(label_smoothing=eps)
+    objective = LabelLoss(p.task, p.cfg.label_smoothing)
+    test = p.dataset.test()
+    teacher_test = p.teacher_rows("test", test) if p.teacher is not None else None  # fidelity
 
-        return loss_fn
-
-    return run_stage(cfg, callbacks, method="labels", make_loss=make_loss)
+    out = rundir.start(p.cfg, action)
+    rows = fit(p.cfg, p.model, p.subset.split, test, task=p.task, model_input=p.dataset.model_input,
+               objective=objective, device=p.device, run_dir=out, progress=progress,
+               teacher_test=teacher_test)
+    run = rundir.finish(p, out, rows, started, {"method": "labels"})
+    return rundir.RunResult(out, False, run, rows)

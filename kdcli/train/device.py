@@ -35,3 +35,11 @@ def choose_threads(requested: int | None) -> int:
     if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
         return int(os.environ["SLURM_CPUS_PER_TASK"])
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def use_device(name: str, threads: int | None) -> torch.device:
+    """The device a run computes on; on the CPU, with its thread count set first."""
+    device = select_device(name)
+    if device.type == "cpu":
+        torch.set_num_threads(choose_threads(threads))
+    return device

@@ -3,7 +3,11 @@
 Data lives in memory as tensors (on the device); each epoch draws a permutation
 from a generator seeded by --seed, so two runs with the same seed and subset see
 the same batches in the same order whatever their loss (the pairing of DESIGN.md).
-Model selection: the weights after the last step; no epoch is chosen on the test set.
+Work is counted in steps: evaluation (--eval-every) and the resumable checkpoint
+(--checkpoint-every) each come every N steps or every N minutes, independently,
+and a checkpoint may fall inside an epoch (it keeps that epoch's order).
+Losses and metrics are over rows (kdcli/data/task.py). Model selection: the
+weights after the last step; no step is chosen on the test set.
 """
 
 from __future__ import annotations
@@ -11,80 +15,133 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from kdcli.config import TrainConfig
+from kdcli.config import TrainConfig, parse_interval
 from kdcli.data.augment import augment
 from kdcli.data.base import Split
+from kdcli.data.task import Task
 from kdcli.io.runs import CKPT_STATE
+from kdcli.losses.eager import kd_rows
+from kdcli.progress import Progress
+from kdcli.teacher import TeacherRows
 from kdcli.train.schedule import lr_at, make_optimizer
 from kdcli.train.state import load_state, save_state
 
-# loss_fn(student_logits, inputs, labels, positions in the training split) -> 0-d loss
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class Callbacks:
-    """Progress hooks; the CLI draws its progress bar through them. No-ops by default."""
-
-    def on_start(self, total_steps: int, done_steps: int) -> None: ...
-    def on_step(self, step: int) -> None: ...
-    def on_epoch(self, row: dict) -> None: ...
-
-
-@dataclass
-class Evaluation:
-    loss: float
-    acc: float
-    logits: torch.Tensor  # [N, C] float32 on the device
+# objective(student_logits, inputs, targets, positions in the training split) -> 0-d loss
+Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+EVALUATIONS_BY_DEFAULT = 10
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, x: torch.Tensor, normalise: Callable, batch_size: int,
-            on_batch: Callable[[], None] | None = None) -> torch.Tensor:
-    """Float32 logits of `model` (in its current mode) on stored samples x, in batches."""
-    outs = []
+def predict_batches(model: torch.nn.Module, x: torch.Tensor, model_input: Callable, batch_size: int,
+                    device: torch.device):
+    """(start, float32 logits) of `model` (in its current mode) on stored samples x, batch by batch."""
     for i in range(0, len(x), batch_size):
-        outs.append(model(normalise(x[i:i + batch_size])).float())
-        if on_batch is not None:
-            on_batch()
-    return torch.cat(outs) if outs else torch.empty(0)
+        yield i, model(model_input(x[i:i + batch_size].to(device))).float()
 
 
-def evaluate(model: torch.nn.Module, split_x: torch.Tensor, split_y: torch.Tensor,
-             normalise: Callable, batch_size: int) -> Evaluation:
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Callable,
+             batch_size: int, device: torch.device, teacher: TeacherRows | None = None) -> dict:
+    """Test loss and accuracy over rows, and fidelity to the teacher when there is one.
+
+    Accumulates one scalar per row, batch by batch; never holds a split's logits.
+    teacher_agreement: top-1 agreement; teacher_kl: KL(softmax(t) ‖ softmax(s)) at τ = 1, nats.
+    """
     was_training = model.training
     model.eval()
-    logits = predict(model, split_x, normalise, batch_size)
+    losses, correct, agree, kl = [], [], [], []
+    for start in range(0, len(split), batch_size):
+        x = model_input(split.x[start:start + batch_size].to(device))
+        s, y = task.rows(model(x).float(), split.y[start:start + batch_size].to(device))
+        keep = task.mask(y)
+        t = None
+        if teacher is not None:
+            positions = torch.arange(start, start + len(x), device=device)
+            t = task.rows(teacher(positions, x), y)[0]
+        if keep is not None:
+            s, y, t = s[keep], y[keep], (None if t is None else t[keep])
+        losses.append(F.cross_entropy(s, y, reduction="none"))
+        correct.append(s.argmax(-1) == y)
+        if t is not None:
+            agree.append(s.argmax(-1) == t.argmax(-1))
+            kl.append(kd_rows(s.double(), t.double(), 1.0))
     model.train(was_training)
-    loss = F.cross_entropy(logits, split_y).item()
-    acc = (logits.argmax(1) == split_y).sum().item() / len(split_y)
-    return Evaluation(loss, acc, logits)
+    out = {"test_loss": torch.cat(losses).mean().item(),
+           "test_acc": torch.cat(correct).double().mean().item()}
+    if teacher is not None:
+        out["teacher_agreement"] = torch.cat(agree).double().mean().item()
+        out["teacher_kl"] = torch.cat(kl).mean().item()
+    return out
 
 
-def steps_plan(cfg: TrainConfig, n_train: int) -> tuple[int, int, int]:
-    """(steps per epoch, total steps, epochs); the last batch of an epoch may be short."""
+def steps_plan(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
+    """(steps per epoch, total steps); the last batch of an epoch may be short."""
     per_epoch = math.ceil(n_train / cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
-    return per_epoch, total, math.ceil(total / per_epoch)
+    return per_epoch, total
 
 
-def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, test: Split, *,
-        normalise: Callable, loss_fn: LossFn, device: torch.device, run_dir: Path,
-        callbacks: Callbacks | None = None,
-        extra_metrics: Callable[[torch.Tensor], dict] | None = None) -> list[dict]:
-    """Train `model` in place; returns one metrics row per evaluated epoch.
+class Every:
+    """An interval in steps or minutes (--eval-every, --checkpoint-every); 0 steps: never."""
 
-    With cfg.resume the state saved at the last evaluated epoch is restored
-    (weights, optimiser, RNG streams), so the run ends with the same weights as
-    an uninterrupted one.
+    def __init__(self, spec: str | None, flag: str, default_steps: int = 0):
+        self.unit, self.n = ("steps", default_steps) if spec is None else parse_interval(spec, flag)
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if self.unit == "steps":
+            return self.n > 0 and step % self.n == 0
+        if time.monotonic() - self.last >= 60 * self.n:
+            self.last = time.monotonic()
+            return True
+        return False
+
+
+@dataclass
+class TrainMeter:
+    """Running train loss and accuracy over rows since the last evaluation (on the device)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    rows: torch.Tensor
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> TrainMeter:
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long),
+                   torch.zeros((), device=device, dtype=torch.long))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, task: Task) -> None:
+        s, y = task.rows(logits.detach(), targets)
+        keep = task.mask(y)
+        n = y.numel() if keep is None else keep.sum()
+        self.loss_sum += loss.detach() * n
+        self.correct += (s.argmax(-1) == y).sum()  # a masked target (−100) never equals a class
+        self.rows += n
+
+    def row(self) -> dict:
+        rows = max(int(self.rows), 1)
+        return {"train_loss": self.loss_sum.item() / rows, "train_acc": self.correct.item() / rows,
+                "seconds": time.perf_counter() - self.started}
+
+
+def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, test: Split, *, task: Task,
+        model_input: Callable, objective: Objective, device: torch.device, run_dir: Path,
+        progress: Progress | None = None, teacher_test: TeacherRows | None = None) -> list[dict]:
+    """Train `model` in place; returns one metrics row per evaluation.
+
+    With cfg.resume the state of the last checkpoint is restored (weights, optimiser,
+    RNG streams, the epoch's order, the running train metrics), so the run ends with the
+    same weights as an uninterrupted one.
     """
-    callbacks = callbacks or Callbacks()
-    per_epoch, total, n_epochs = steps_plan(cfg, len(train))
+    progress = progress or Progress()
+    per_epoch, total = steps_plan(cfg, len(train))
     optimizer = make_optimizer(cfg, model)
     generators = {"order": torch.Generator().manual_seed(cfg.seed),
                   "augment": torch.Generator().manual_seed(cfg.seed + 1_000_003)}
@@ -92,57 +149,53 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, test: Split, *,
     # global stream (dropout, stochastic depth) is the same in both arms of a pair.
     torch.manual_seed(cfg.seed + 2_000_003)
     rows: list[dict] = []
-    epoch = step = 0
+    step = 0
+    perm = None
+    meter = TrainMeter.zeros(device)
     if cfg.resume and (run_dir / CKPT_STATE).is_file():
-        progress = load_state(run_dir, model=model, optimizer=optimizer, generators=generators)
-        epoch, step, rows = progress["epoch"], progress["step"], progress["rows"]
+        saved = load_state(run_dir, model=model, optimizer=optimizer, generators=generators)
+        step, rows = saved.progress["step"], saved.progress["rows"]
+        perm = saved.tensors["order.perm"].to(device)
+        meter = TrainMeter(*(saved.tensors[f"meter.{k}"].to(device) for k in ("loss_sum", "correct", "rows")))
 
+    evals = Every(cfg.eval_every, "--eval-every", default_steps=math.ceil(total / EVALUATIONS_BY_DEFAULT))
+    checkpoints = Every(cfg.checkpoint_every, "--checkpoint-every")
     x, y = train.x.to(device), train.y.to(device)
-    test_x, test_y = test.x.to(device), test.y.to(device)
-    callbacks.on_start(total, step)
+    test = Split(test.x.to(device), test.y.to(device), test.index)
+    progress.start(total, step)
     model.train()
-    while epoch < n_epochs:
-        started = time.perf_counter()
-        perm = torch.randperm(len(y), generator=generators["order"]).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for b in range(per_epoch):
-            if step >= total:
-                break
-            pos = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            xb, yb = x[pos], y[pos]
-            if cfg.augment:
-                xb = augment(xb, generators["augment"])
-            xb = normalise(xb)
-            lr = lr_at(cfg, step, total, per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            logits = model(xb)
-            loss = loss_fn(logits, xb, yb, pos)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.detach().argmax(1) == yb).sum()
-            seen += len(yb)
-            callbacks.on_step(step)
-        epoch += 1
-        if epoch % cfg.eval_every and epoch < n_epochs:
-            continue
-        ev = evaluate(model, test_x, test_y, normalise, cfg.eval_batch_size)
-        row = {"epoch": epoch, "step": step, "train_loss": (loss_sum / seen).item(),
-               "train_acc": correct.item() / seen, "test_loss": ev.loss, "test_acc": ev.acc,
-               "lr": lr, "seconds": time.perf_counter() - started}
-        if extra_metrics is not None:
-            row.update(extra_metrics(ev.logits))
-        rows.append(row)
-        callbacks.on_epoch(row)
-        if epoch < n_epochs:
+    lr = lr_at(cfg, step, total, per_epoch)
+    while step < total:
+        b = step % per_epoch
+        if b == 0:
+            perm = torch.randperm(len(y), generator=generators["order"]).to(device)
+        pos = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        xb, yb = x[pos], y[pos]
+        if cfg.augment:
+            xb = augment(xb, generators["augment"])
+        xb = model_input(xb)
+        lr = lr_at(cfg, step, total, per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logits = model(xb)
+        loss = objective(logits, xb, yb, pos)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        meter.add(loss, logits, yb, task)
+        progress.advance(step)
+        if step == total or evals.due(step):
+            row = {"step": step, "epoch": step / per_epoch, **meter.row(), "lr": lr,
+                   **evaluate(model, test, task, model_input, cfg.eval_batch_size, device, teacher_test)}
+            rows.append(row)
+            progress.metrics(row)
+            meter = TrainMeter.zeros(device)
+        if step < total and checkpoints.due(step):
             save_state(run_dir, model=model, optimizer=optimizer, generators=generators,
-                       progress={"epoch": epoch, "step": step, "rows": rows,
-                                 "config": cfg.training_fields()})
+                       tensors={"order.perm": perm, "meter.loss_sum": meter.loss_sum,
+                                "meter.correct": meter.correct, "meter.rows": meter.rows},
+                       progress={"step": step, "rows": rows, "config": cfg.compared_fields()})
     return rows

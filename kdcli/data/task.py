@@ -1,0 +1,84 @@
+"""What a dataset's task is, declared by the dataset and recorded in run.json.
+
+Losses and metrics are over *rows*: one per sample for classification, one per
+token position for sequence tasks (a target below 0 marks a position that does
+not count). Logits [B, ..., V] and targets [B, ...] flatten to [R, V] and [R]
+once, here; nothing downstream assumes one label per sample.
+
+The task also says how κ subsets are ordered (stratified by class, or a seeded
+permutation of samples), which metric is primary, which way is better, and how
+`report` computes PI from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+IGNORE = -100  # a target that does not count (padding); F.cross_entropy's default ignore_index
+
+# How PI is computed from the primary metric of a KD arm (a) and its label twin (b).
+PI_METHODS = {
+    "difference_points": "100·(a − b): percentage points, higher is better",
+    "relative_reduction": "100·(b − a)/b: relative reduction in %, lower is better",
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str  # "classification": one row per sample; "sequence": one row per position
+    outputs: int  # logits per row: classes, or the vocabulary
+    subsets: str  # "stratified" (by class) or "permutation" (seeded, of samples)
+    primary: str = "test_acc"  # the metrics.parquet / run.json `final` column PI is computed from
+    higher_is_better: bool = True
+    pi: str = "difference_points"
+    masked: bool = False  # targets may hold IGNORE
+
+    def __post_init__(self):
+        assert self.kind in ("classification", "sequence"), self.kind
+        assert self.subsets in ("stratified", "permutation"), self.subsets
+        assert self.pi in PI_METHODS, self.pi
+
+    @property
+    def row_dims(self) -> int:
+        """Leading dimensions of a batch that index rows: [B] or [B, T]."""
+        return 1 if self.kind == "classification" else 2
+
+    def rows(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [R, V] and targets [R] (views where possible)."""
+        return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+
+    def mask(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """Rows that count ([R] bool), or None when every row does."""
+        return targets.reshape(-1) != IGNORE if self.masked else None
+
+    def feature_rows(self, features: torch.Tensor) -> torch.Tensor:
+        """Layer outputs [B, ..., D…] as one feature vector per row: [R, D]."""
+        return features.flatten(self.row_dims).flatten(0, self.row_dims - 1)
+
+    def pi_value(self, arm: float, labels: float) -> float:
+        if self.pi == "difference_points":
+            return 100 * (arm - labels)
+        return 100 * (labels - arm) / labels
+
+    def display(self, value: float) -> float:
+        """A primary-metric value as tables show it (accuracy in %, losses as they are)."""
+        return 100 * value if self.pi == "difference_points" else value
+
+    def describe(self) -> dict:
+        return {**asdict(self), "pi_definition": PI_METHODS[self.pi]}
+
+    @classmethod
+    def from_record(cls, record: dict | None, num_classes: int | None = None) -> Task:
+        """The task a run.json recorded; runs of format 1 predate it and are classification."""
+        if not record:
+            return classification(num_classes or 0)
+        known = {k: record[k] for k in ("kind", "outputs", "subsets", "primary", "higher_is_better",
+                                        "pi", "masked") if k in record}
+        return cls(**known)
+
+
+def classification(num_classes: int) -> Task:
+    """One class per sample; accuracy is primary; PI in points."""
+    return Task("classification", num_classes, "stratified")

@@ -1,0 +1,131 @@
+"""A training stage's inputs: first resolved (names, arguments, recipe; no data read), then
+prepared (dataset, κ subset, device, model), each checked before --out is touched.
+
+Resolution is cheap so that the run-dir decision (skip, resume) can compare the fully
+resolved settings with the ones a run was made with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from kdcli.config import TrainConfig
+from kdcli.data import Dataset, Subset, build_dataset, dataset_from_description, kappa_subset
+from kdcli.data.base import Split
+from kdcli.data.task import Task
+from kdcli.errors import ArtifactError, ConfigError
+from kdcli.models import build_model, resolve_model_args
+from kdcli.teacher import TeacherRows, TeacherSource, resolve_teacher
+from kdcli.train.device import use_device
+from kdcli.train.recipes import apply_recipe
+
+DEFAULT_DATASET, DEFAULT_MODEL = "mnist1d", "cnn1d"
+
+
+@dataclass
+class Resolved:
+    """The settings with every default filled in: from the teacher, then the recipe."""
+
+    cfg: TrainConfig
+    teacher: TeacherSource | None
+    recipe: dict  # {"name", "applied"}: what run.json records
+    dataset: Dataset | None = None  # built (lazily: no data read) when there is no teacher
+
+
+def resolve(cfg: TrainConfig) -> Resolved:
+    """Dataset and model (the teacher's, when --teacher or --logits is given), their arguments
+    and the recipe's defaults. Reads the teacher's run.json / the logits file's metadata only."""
+    teacher = resolve_teacher(cfg.teacher, cfg.logits)
+    dataset = None
+    if teacher is None:
+        dataset = build_dataset(cfg.dataset or DEFAULT_DATASET, cfg.dataset_args, cfg.data_dir)
+        cfg = cfg.replace(dataset=dataset.name, dataset_args=dataset.args, model=cfg.model or DEFAULT_MODEL)
+    else:
+        tdata = teacher.dataset
+        if cfg.dataset not in (None, tdata["name"]):
+            raise ConfigError(f"--dataset {cfg.dataset}: the teacher ({teacher.where}) was trained on "
+                              f"{tdata['name']!r}; a student's κ must refer to the teacher's pool")
+        if cfg.dataset_args and cfg.dataset_args != {k: tdata["args"].get(k) for k in cfg.dataset_args}:
+            raise ConfigError(f"--dataset-arg: differs from the teacher's dataset arguments {tdata['args']}")
+        cfg = cfg.replace(dataset=tdata["name"], dataset_args=tdata["args"],
+                          data_dir=cfg.data_dir or tdata.get("data_dir"),
+                          model=cfg.model or teacher.model_name)
+        if cfg.model == teacher.model_name and not cfg.model_args:
+            cfg = cfg.replace(model_args={k: v for k, v in teacher.model_args.items()
+                                          if k not in ("num_classes", "input_shape")})
+    cfg, recipe = apply_recipe(cfg, cfg.dataset, cfg.model)
+    return Resolved(cfg, teacher, recipe, dataset)
+
+
+@dataclass
+class Prepared:
+    """A training stage's inputs, all built and checked."""
+
+    cfg: TrainConfig
+    dataset: Dataset
+    teacher: TeacherSource | None
+    recipe: dict
+    subset: Subset
+    model: torch.nn.Module
+    model_args: dict
+    device: torch.device
+    _teacher_model: torch.nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def task(self) -> Task:
+        return self.dataset.task
+
+    def teacher_rows(self, split_name: str, split: Split) -> TeacherRows:
+        """The teacher's logits for `split`, batch by batch (one teacher network when online)."""
+        if self.teacher is None:
+            raise ConfigError("this needs the teacher: give --teacher or --logits")
+        if self.teacher.logits is None and self._teacher_model is None:
+            self._teacher_model = self.teacher.load_model(self.device)
+        return self.teacher.rows(split_name, split, self.device, self._teacher_model)
+
+
+def prepare(r: Resolved) -> Prepared:
+    """Build and check everything a training stage needs; nothing is written."""
+    cfg, teacher = r.cfg, r.teacher
+    if teacher is None:
+        dataset = r.dataset
+    else:
+        dataset = dataset_from_description(teacher.dataset, cfg.data_dir, teacher.where)
+        stored = teacher.logits_meta["num_classes"] if teacher.logits_meta else teacher.dataset["num_classes"]
+        if stored != dataset.num_classes:
+            raise ArtifactError(f"{teacher.where}: holds {stored} classes, the dataset "
+                                f"{dataset.name!r} has {dataset.num_classes}")
+    if cfg.augment and not dataset.image:
+        raise ConfigError(f"--augment: dataset {dataset.name!r} is not an image dataset; random crop "
+                          "and flip apply to image datasets (cifar10, cifar100, parquet-images)")
+    subset = kappa_subset(dataset, cfg.kappa, cfg.subset_seed)
+    device = use_device(cfg.device, cfg.threads)
+    model, model_args = make_model(cfg, dataset, device)
+    check_forward(model, dataset, subset, device, cfg.model)
+    return Prepared(cfg, dataset, teacher, r.recipe, subset, model, model_args, device)
+
+
+def make_model(cfg: TrainConfig, dataset: Dataset, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Build the model with weights drawn from --seed, identically for paired runs."""
+    args = resolve_model_args(cfg.model, dataset.task.outputs, dataset.input_shape, cfg.model_args)
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, **args).to(device), args
+
+
+def check_forward(model: torch.nn.Module, dataset: Dataset, subset: Subset, device: torch.device,
+                  name: str) -> None:
+    """One forward pass on two samples, so a model that cannot take this data fails before --out is touched."""
+    x = dataset.model_input(subset.split.x[:2].to(device))
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except RuntimeError as exc:
+        raise ConfigError(f"--model {name}: cannot take {dataset.name} inputs of shape "
+                          f"{tuple(dataset.input_shape)} ({str(exc).splitlines()[0]})") from None
+    finally:
+        model.train()
+    if out.shape[-1] != dataset.task.outputs:
+        raise ConfigError(f"--model {name}: gives {out.shape[-1]} outputs per row for "
+                          f"{dataset.task.outputs} classes")

@@ -1,0 +1,139 @@
+"""The run-dir lifecycle of a training stage: decide (skip, fresh, resume), start, finish.
+
+A completed run (run.json present) is skipped when it was made with the settings asked
+for now, refused when made with others, redone with --overwrite. An interrupted run
+resumes from its last checkpoint with --resume. run.json is written last: it is the
+completion marker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdcli.config import TrainConfig
+from kdcli.errors import ArtifactError
+from kdcli.io import runs
+from kdcli.io.atomic import write_json
+from kdcli.io.checkpoint import save_model
+from kdcli.io.hashing import sha256_file
+from kdcli.io.provenance import now_iso, provenance
+from kdcli.io.tables import write_metrics, write_table
+from kdcli.train.state import clear_state
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    skipped: bool  # a completed run dir was found and left alone
+    run: dict  # the run.json contents
+    rows: list[dict] = field(default_factory=list)
+
+
+def decide(cfg: TrainConfig) -> str:
+    """What to do with --out, given the resolved settings: 'skip', 'fresh' or 'resume'."""
+    status = runs.run_status(cfg.out)
+    if status == "foreign":
+        raise ArtifactError(f"--out {cfg.out}: exists and is not a kdcli run directory; "
+                            "choose an empty or new directory")
+    if status == "complete":
+        if cfg.overwrite:
+            return "fresh"
+        saved = runs.load_run_json(cfg.out, "--out")["config"]
+        _refuse_changes(cfg, saved, f"--out {cfg.out}: holds a completed run made with other settings",
+                        "choose another --out or pass --overwrite")
+        return "skip"
+    if status == "partial":
+        if cfg.overwrite:
+            return "fresh"
+        if not cfg.resume:
+            raise ArtifactError(f"--out {cfg.out}: holds an interrupted run; pass --resume to continue "
+                                "it or --overwrite to start again")
+        state = Path(cfg.out) / runs.CKPT_STATE
+        if not state.is_file():
+            raise ArtifactError(f"--out {cfg.out}: interrupted before its first checkpoint; "
+                                "nothing to resume, use --overwrite")
+        try:
+            saved = json.loads(state.read_text()).get("config")
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{state}: unreadable training state ({exc}); use --overwrite") from None
+        _refuse_changes(cfg, saved or {}, f"--resume: {cfg.out} was started with different settings",
+                        "use the same flags or --overwrite")
+        return "resume"
+    return "fresh"  # with --resume too: a slurm re-run resumes what it can and starts the rest
+
+
+def _where(key: str, value):
+    """Paths compare by where they point (a relative and an absolute path to one teacher agree)."""
+    return os.path.realpath(value) if key in ("teacher", "logits") and value else value
+
+
+def _refuse_changes(cfg: TrainConfig, saved: dict, what: str, fix: str) -> None:
+    """Settings that change the weights must be the ones the run was made with."""
+    current = cfg.compared_fields()
+    # A setting the saved run does not record predates it: kept at its default, not a change.
+    changed = sorted(k for k, v in current.items() if _where(k, saved.get(k, v)) != _where(k, v))
+    if changed:
+        raise ArtifactError(f"{what} ({', '.join(changed)}); {fix}")
+
+
+def skipped(cfg: TrainConfig) -> RunResult:
+    return RunResult(Path(cfg.out), True, runs.load_run_json(cfg.out, "--out"))
+
+
+def start(cfg: TrainConfig, action: str) -> Path:
+    out = Path(cfg.out)
+    if action == "fresh" and out.exists():
+        # --overwrite: drop the completion marker first so a half-replaced dir never looks complete.
+        (out / runs.RUN_JSON).unlink(missing_ok=True)
+        for name in (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE):
+            (out / name).unlink(missing_ok=True)
+        clear_state(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def finish(p, out: Path, rows: list[dict], started: str, info: dict) -> dict:
+    """Write the weights, metrics and subset, then run.json (last). `p` is the stage's
+    Prepared inputs; `info` adds stage-specific fields (method, kd) to run.json."""
+    cfg, dataset, subset, model = p.cfg, p.dataset, p.subset, p.model
+    run_id = uuid.uuid4().hex[:16]
+    data = dataset.describe()
+    inputs = p.teacher.inputs() if p.teacher is not None else {}
+    save_model(out / runs.MODEL_FILE, model, model_name=cfg.model, model_args=p.model_args,
+               dataset=data, run_id=run_id, num_classes=dataset.num_classes, inputs=inputs)
+    common_meta = {"format_version": str(runs.RUN_FORMAT_VERSION), "run_id": run_id,
+                   "dataset_fingerprint": data["fingerprint"], "model_name": cfg.model,
+                   "model_args": p.model_args, "inputs": inputs}
+    write_metrics(out / runs.METRICS_FILE, rows, {"format": "kdcli-metrics", **common_meta})
+    write_table(out / runs.SUBSET_FILE, {"index": subset.indices},
+                {"format": "kdcli-subset", **common_meta, "kappa": str(subset.kappa),
+                 "subset_seed": str(subset.seed), "n_pool": str(subset.n_pool), "sha256": subset.sha256})
+    run = {
+        "format": "kdcli-run",
+        "format_version": runs.RUN_FORMAT_VERSION,
+        "run_id": run_id,
+        "stage": cfg.stage,
+        **info,
+        "config": cfg.to_dict(),
+        "recipe": p.recipe,
+        "task": dataset.task.describe(),
+        "dataset": data,
+        "model": {"name": cfg.model, "args": p.model_args,
+                  "parameters": sum(t.numel() for t in model.parameters())},
+        "subset": {"kappa": cfg.kappa, "seed": cfg.subset_seed, "size": len(subset.split),
+                   "n_pool": subset.n_pool, "sha256": subset.sha256, "file": runs.SUBSET_FILE},
+        "teacher": None if p.teacher is None else p.teacher.record(),
+        "selection": "last step (no model selection on the test set)",
+        "final": rows[-1],
+        "artifacts": {name: sha256_file(out / name)
+                      for name in (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE)},
+        "provenance": provenance(started=started, inputs=inputs,
+                                 seeds={"seed": cfg.seed, "subset_seed": cfg.subset_seed}),
+    }
+    write_json(out / runs.RUN_JSON, run)  # the completion marker, last
+    clear_state(out)
+    return run
