@@ -16,8 +16,13 @@ TAU=${TAU:-4}
 LR=${LR:-3e-3}
 EXTRA_TRAIN=${EXTRA_TRAIN:-0}        # fresh samples dumped after the pool, for κ > 1
 KDCLI=${KDCLI:-kdcli}
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-500}  # steps between resumable checkpoints
 
-COMMON=(--lr "$LR" --eval-every 1000000 --quiet)
+# Every run checkpoints and passes --resume: a sweep killed mid-run (preempted, Ctrl-C)
+# and started again skips completed runs, resumes the interrupted one from its last
+# checkpoint (to the same weights) and starts the rest. Students evaluate once, at the end.
+COMMON=(--lr "$LR" --checkpoint-every "$CHECKPOINT_EVERY" --resume --quiet)
+STUDENT=(--eval-every 0)
 LOGITS="$OUT/teacher_logits.parquet"
 
 setup_teacher() {
@@ -30,13 +35,13 @@ setup_teacher() {
 # kd_student KAPPA SEED TAU: a distilled student (α = 1) from the stored logits
 kd_student() {
   $KDCLI distill --logits "$LOGITS" --out "$OUT/kd/tau$3/k$1/s$2" --kappa "$1" --seed "$2" \
-      --tau "$3" --alpha 1 --steps "$STUDENT_STEPS" "${COMMON[@]}"
+      --tau "$3" --alpha 1 --steps "$STUDENT_STEPS" "${STUDENT[@]}" "${COMMON[@]}"
 }
 
 # labels_student KAPPA SEED: its label-trained twin (same subset, init, batch order, steps)
 labels_student() {
   $KDCLI train-labels --teacher "$OUT/teacher" --out "$OUT/labels/k$1/s$2" --kappa "$1" --seed "$2" \
-      --steps "$STUDENT_STEPS" "${COMMON[@]}"
+      --steps "$STUDENT_STEPS" "${STUDENT[@]}" "${COMMON[@]}"
 }
 
 # sweep_pairs [CMD]: for every κ in $KAPPAS and seed in $SEEDS, a KD student and its

@@ -21,17 +21,17 @@ else
 fi
 TAU=${TAU:-4}
 SGD=(--optimizer sgd --lr 0.1 --momentum 0.9 --weight-decay 5e-4 --schedule cosine --warmup-epochs 1
-     --batch-size "$BATCH" --augment --quiet)
+     --batch-size "$BATCH" --augment --checkpoint-every "${CHECKPOINT_EVERY:-10m}" --resume --quiet)
 
 $KDCLI train-teacher --out "$OUT/teacher" --dataset parquet-images --data-dir "$DATA_DIR" \
-    --model "$MODEL" "${TEACHER[@]}" "${SGD[@]}" --eval-every 10
+    --model "$MODEL" "${TEACHER[@]}" "${SGD[@]}" --eval-every "${TEACHER_EVAL_EVERY:-20}"
 for kappa in $KAPPAS; do
   for seed in $SEEDS; do
     echo "κ=$kappa seed=$seed"
     $KDCLI distill --teacher "$OUT/teacher" --out "$OUT/kd/tau$TAU/k$kappa/s$seed" --kappa "$kappa" \
-        --seed "$seed" --tau "$TAU" --alpha 1 --steps "$STUDENT_STEPS" "${SGD[@]}" --eval-every 1000000
+        --seed "$seed" --tau "$TAU" --alpha 1 --steps "$STUDENT_STEPS" "${SGD[@]}" --eval-every 0
     $KDCLI train-labels --teacher "$OUT/teacher" --out "$OUT/labels/k$kappa/s$seed" --kappa "$kappa" \
-        --seed "$seed" --steps "$STUDENT_STEPS" "${SGD[@]}" --eval-every 1000000
+        --seed "$seed" --steps "$STUDENT_STEPS" "${SGD[@]}" --eval-every 0
   done
 done
 $KDCLI report "$OUT" --out "$OUT/report"

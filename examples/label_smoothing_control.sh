@@ -10,7 +10,7 @@ source "$(dirname "$0")/_common.sh"
 # ε matched to the teacher's mean non-target mass at τ on the student's subset
 smoothed_student() {
   $KDCLI train-labels --logits "$LOGITS" --out "$OUT/smoothing/tau$TAU/k$1/s$2" --kappa "$1" --seed "$2" \
-      --match-smoothing-tau "$TAU" --steps "$STUDENT_STEPS" "${COMMON[@]}"
+      --match-smoothing-tau "$TAU" --steps "$STUDENT_STEPS" "${STUDENT[@]}" "${COMMON[@]}"
 }
 
 setup_teacher

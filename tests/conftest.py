@@ -29,8 +29,10 @@ def tiny_config(out, **kw):
     """A TrainConfig that trains in well under a second on mnist1d."""
     from kdcli.config import TrainConfig
 
+    # 600 samples, batch 64: 10 steps per epoch; evaluate and checkpoint once per epoch
     base = dict(out=str(out), dataset="mnist1d", dataset_args=dict(TINY_MNIST1D), model="test_cnn1d",
-                epochs=2, batch_size=64, lr=3e-3, threads=1, device="cpu")
+                epochs=2, batch_size=64, lr=3e-3, threads=1, device="cpu", eval_every="10",
+                checkpoint_every="10")
     if kw.get("teacher"):
         base.pop("dataset"), base.pop("dataset_args"), base.pop("model")
     base.update(kw)

@@ -60,10 +60,8 @@ def load_test_split(run: dict):
 def student(teacher_run, tmp_path_factory):
     """A train-labels run from the tiny teacher, under a fake slurm array task; the trained
     model object is captured from the loop so the checkpoint can be compared with it."""
-    from kdcli.stages import common
-
     captured = {}
-    real_fit = common.fit
+    real_fit = train.fit
 
     def fit(cfg, model, *args, **kw):
         captured["model"] = model
@@ -75,8 +73,9 @@ def student(teacher_run, tmp_path_factory):
             mp.delenv(key)
         mp.setenv("SLURM_ARRAY_TASK_ID", "7")
         mp.setenv("SLURM_JOB_ID", "4242")
-        mp.setattr(common, "fit", fit)
-        res = train.run(tiny_config(out, teacher=str(teacher_run), kappa=0.5, epochs=2, seed=1))
+        mp.setattr(train, "fit", fit)
+        res = train.run(tiny_config(out, teacher=str(teacher_run), kappa=0.5, epochs=2, seed=1,
+                                    eval_every="5"))
     run = json.loads((out / "run.json").read_text())
     return SimpleNamespace(dir=out, run=run, rows=res.rows, model=captured["model"])
 
@@ -187,7 +186,7 @@ def test_subset_file(student, teacher_run):
 def test_run_json(student, teacher_run):
     run = student.run
     teacher = json.loads((teacher_run / "run.json").read_text())
-    assert run["format"] == "kdcli-run" and run["format_version"] == 1
+    assert run["format"] == "kdcli-run" and run["format_version"] == 2
     assert run["stage"] == "train-labels"
     cfg = run["config"]
     assert cfg["kappa"] == 0.5 and cfg["seed"] == 1 and cfg["subset_seed"] == 0
@@ -195,6 +194,12 @@ def test_run_json(student, teacher_run):
     assert cfg["dataset"] == "mnist1d" and cfg["model"] == "test_cnn1d"  # resolved, not None
     assert run["final"]["epoch"] == 2
     assert run["teacher"]["run_id"] == teacher["run_id"]
+    # the task the dataset declares, and the recipe: every recipe setting was given explicitly
+    # by tiny_config except these, which the fallback recipe filled in
+    assert run["task"]["kind"] == "classification" and run["task"]["outputs"] == 10
+    assert run["task"]["primary"] == "test_acc" and run["task"]["subsets"] == "stratified"
+    assert run["recipe"] == {"name": "default", "applied": {"optimizer": "adamw", "weight_decay": 0.0,
+                                                            "schedule": "cosine", "warmup_epochs": 0.0}}
 
     prov = run["provenance"]
     assert isinstance(prov["command"], list)

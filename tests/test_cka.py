@@ -17,7 +17,10 @@ from typer.testing import CliRunner
 from kdcli.errors import ArtifactError, ConfigError, DataError
 from kdcli.metrics.cka import MinibatchCKA, linear_cka, rbf_cka
 from kdcli.stages import cka as stage
-from kdcli.stages.cka import CKAConfig
+from kdcli.config import CKAConfig
+from kdcli.data.task import classification
+from kdcli.io.cka import CKA_FORMAT_VERSION, COLUMNS
+from kdcli.models import layers
 from tests.conftest import tiny_config
 
 
@@ -250,8 +253,8 @@ def test_stage_values_rows_and_metadata(teacher_run, student_run, tmp_path):
                     batch_size=50, bootstrap=4, device="cpu", threads=1)
     result = stage.run(cfg)
     table = pq.read_table(out)
-    assert table.column_names == list(stage.COLUMNS)
-    assert [str(t) for t in table.schema.types] == [stage.COLUMNS[c][0].replace("float64", "double")
+    assert table.column_names == list(COLUMNS)
+    assert [str(t) for t in table.schema.types] == [COLUMNS[c][0].replace("float64", "double")
                                                      for c in table.column_names]
     rows = table.to_pylist()
     assert [(r["estimator"], r["layer_a"], r["layer_b"]) for r in rows] == [
@@ -270,7 +273,7 @@ def test_stage_values_rows_and_metadata(teacher_run, student_run, tmp_path):
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
     run_a = json.loads((teacher_run / "run.json").read_text())
     run_b = json.loads((student_run / "run.json").read_text())
-    assert meta["format"] == "kdcli-cka" and meta["format_version"] == stage.CKA_FORMAT_VERSION
+    assert meta["format"] == "kdcli-cka" and meta["format_version"] == CKA_FORMAT_VERSION
     assert (meta["run_a_id"], meta["run_b_id"]) == (run_a["run_id"], run_b["run_id"])
     assert meta["run_a_model_sha256"] == run_a["artifacts"]["model.safetensors"]
     assert meta["run_b_model_sha256"] == run_b["artifacts"]["model.safetensors"]
@@ -320,13 +323,13 @@ def test_default_layers_and_hooks_on_a_torchvision_model():
     import torchvision
 
     model = torchvision.models.resnet18(num_classes=10).eval()
-    assert stage.default_layer(model) == "fc:in"
+    assert layers.default_layer(model) == "fc:in"
     x = torch.randn(2, 3, 32, 32)
-    with stage._Hooks(model, ["fc:in", "layer4"], flag="--layers-a", label="RUN_A") as hooks, torch.no_grad():
+    with layers.LayerHooks(model, ["fc:in", "layer4"], classification(10), flag="--layers-a", label="RUN_A") as hooks, torch.no_grad():
         out = hooks.forward(x)
     assert out["fc:in"].shape == (2, 512) and out["layer4"].shape == (2, 512 * 1 * 1)
     with pytest.raises(ConfigError, match="runs 2 times"):  # torchvision's BasicBlock reuses its ReLU
-        with stage._Hooks(model, ["layer1.0.relu"], flag="--layers-a", label="RUN_A") as hooks:
+        with layers.LayerHooks(model, ["layer1.0.relu"], classification(10), flag="--layers-a", label="RUN_A") as hooks:
             hooks.forward(x)
 
 

@@ -74,7 +74,7 @@ def test_alpha_zero_is_bit_identical_to_train_labels(teacher_run, logits_file, t
 def test_offline_and_online_give_the_same_loss_and_run(teacher_run, logits_file, tmp_path):
     from kdcli.data import build_dataset, kappa_subset
     from kdcli.losses import kd_loss
-    from kdcli.stages.teacher import load_teacher_model, resolve_teacher
+    from kdcli.teacher import resolve_teacher
 
     source = resolve_teacher(str(teacher_run), None)
     args = {k: v for k, v in source.dataset["args"].items() if k != "generator"}
@@ -84,7 +84,7 @@ def test_offline_and_online_give_the_same_loss_and_run(teacher_run, logits_file,
 
     offline = read_logits(logits_file, "train").rows_for(batch.index.numpy(), "test")
     with torch.no_grad():
-        online = load_teacher_model(source, torch.device("cpu"))(batch.x)
+        online = source.load_model(torch.device("cpu"))(batch.x)
     student = torch.randn(len(batch), 10)
     for tau in (1.0, 4.0):
         a = kd_loss(student, offline, tau=tau)

@@ -25,8 +25,8 @@ def test_float32_round_trip_is_exact(tmp_path):
     for name, (index, logits) in splits.items():
         got = read_logits(tmp_path / "l.parquet", name)
         assert np.array_equal(got.index, index)
-        assert got.logits.dtype == torch.float32
-        assert np.array_equal(got.logits.numpy(), logits)
+        assert got.rows_for(got.index, "test").dtype == torch.float32
+        assert np.array_equal(got.rows_for(got.index, "test").numpy(), logits)
     meta = read_metadata(tmp_path / "l.parquet")
     assert meta["num_classes"] == 12 and meta["dtype"] == "float32" and meta["topk"] == 0
     assert meta["dataset_fingerprint"] == "abc"
@@ -39,7 +39,7 @@ def test_float16_round_trip_is_float16_rounding(tmp_path):
     write_logits(tmp_path / "l.parquet", splits, metadata=META, dtype="float16")
     got = read_logits(tmp_path / "l.parquet", "train")
     expected = splits["train"][1].astype(np.float16).astype(np.float32)
-    assert np.array_equal(got.logits.numpy(), expected)
+    assert np.array_equal(got.rows_for(got.index, "test").numpy(), expected)
 
 
 def test_rows_for_looks_up_by_sample_id(tmp_path):
@@ -56,7 +56,8 @@ def test_topk_keeps_the_tail_mass(tmp_path):
     splits = _splits(n=40, c=30)
     write_logits(tmp_path / "l.parquet", splits, metadata=META, topk=5)
     assert {"topk_logits", "topk_ids", "lse"} <= set(pq.read_schema(tmp_path / "l.parquet").names)
-    dense = read_logits(tmp_path / "l.parquet", "train").logits.double().numpy()
+    dense = read_logits(tmp_path / "l.parquet", "train")
+    dense = dense.rows_for(dense.index, "test").double().numpy()
     full = splits["train"][1].astype(np.float64)
     p_true = np.exp(full - full.max(1, keepdims=True))
     p_true /= p_true.sum(1, keepdims=True)

@@ -19,7 +19,8 @@ BASE_CONFIG = {"seed": 0, "subset_seed": 0, "kappa": 0.1, "lr": 0.003, "steps": 
 
 
 def write_run(root: Path, name: str, *, stage: str, acc: float, kappa=0.1, seed=0, tau=None, alpha=1.0,
-              eps=0.0, agreement=None, kl=None, teacher="T1", lr=0.003, run_id=None) -> dict:
+              eps=0.0, agreement=None, kl=None, teacher="T1", lr=0.003, run_id=None, task=None,
+              loss=None) -> dict:
     run = {
         "format": "kdcli-run", "format_version": 1, "run_id": run_id or name.replace("/", "-"), "stage": stage,
         "config": {**BASE_CONFIG, "kappa": kappa, "seed": seed, "label_smoothing": eps, "lr": lr,
@@ -28,8 +29,10 @@ def write_run(root: Path, name: str, *, stage: str, acc: float, kappa=0.1, seed=
         "model": {"name": "cnn1d", "args": {"channels": 32}},
         "subset": {"kappa": kappa, "size": int(kappa * 1000), "seed": 0},
         "teacher": None if stage == "train-teacher" else {"run_id": teacher},
-        "final": {"test_acc": acc, "teacher_agreement": agreement, "teacher_kl": kl},
+        "final": {"test_acc": acc, "test_loss": loss, "teacher_agreement": agreement, "teacher_kl": kl},
     }
+    if task is not None:  # format 2 records the task; format 1 runs are classification
+        run.update(format_version=2, task=task)
     if stage == "distill":
         run["kd"] = {"tau": tau, "alpha": alpha}
     d = root / name
@@ -84,7 +87,7 @@ def test_pairs_pi_and_ci(tmp_path):
     assert row["pi"] == pytest.approx(np.mean(diffs))
     assert row["pi_lo"] == pytest.approx(np.mean(diffs) - 4.303 * sem, abs=1e-9)
     assert row["pi_hi"] == pytest.approx(np.mean(diffs) + 4.303 * sem, abs=1e-9)
-    assert row["teacher_acc"] == pytest.approx(90.0)
+    assert row["teacher_metric"] == pytest.approx(90.0) and row["metric"] == "test_acc"
     assert row["arm_agreement"] == pytest.approx(70.0) and row["labels_kl"] == pytest.approx(0.9)
     names = {p.name for p in res.written}
     assert {"pi_vs_kappa.csv", "report.md", "report.json", "pi_vs_kappa.png", "accuracy_vs_kappa.png"} <= names
@@ -103,6 +106,7 @@ def test_unpaired_duplicates_incomplete_and_mismatched_settings(tmp_path):
     (tmp_path / "broken" / "checkpoint.json").write_text("{}")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "run.json").write_text("{not json")
+    (tmp_path / "cka_broken.parquet").write_bytes(b"PAR1 not really")
     res = report.run(report.ReportConfig(root=str(tmp_path)))
     (row,) = res.rows
     assert row["pairs"] == 1 and row["pi"] == pytest.approx(10.0)  # kd/a, the first by path
@@ -110,7 +114,25 @@ def test_unpaired_duplicates_incomplete_and_mismatched_settings(tmp_path):
     unpaired = sorted(Path(r["dir"]).relative_to(tmp_path).as_posix() for r in res.pairing.unpaired)
     assert unpaired == ["kd/lonely", "kd/other-lr", "lab/other-lr"]
     assert res.scan.incomplete == [str(tmp_path / "broken")]
-    assert res.scan.unreadable == [str(tmp_path / "bad")]
+    # damaged files are listed with the reason, never skipped without a word
+    ((bad, why),) = res.scan.damaged
+    assert bad == str(tmp_path / "bad") and "unreadable run.json" in why
+    ((cka, why),) = res.damaged_cka
+    assert cka == str(tmp_path / "cka_broken.parquet") and "not a readable Parquet file" in why
+
+
+def test_pi_follows_the_task_each_run_records(tmp_path):
+    """A task whose primary metric is a loss (lower is better) gets PI as a relative reduction."""
+    task = {"kind": "sequence", "outputs": 512, "subsets": "permutation", "primary": "test_loss",
+            "higher_is_better": False, "pi": "relative_reduction", "masked": True}
+    write_run(tmp_path, "teacher", stage="train-teacher", acc=0.0, run_id="T1", task=task, loss=2.0)
+    for s, (kd, lab) in enumerate([(3.0, 4.0), (2.7, 3.0)]):
+        write_run(tmp_path, f"kd/s{s}", stage="distill", acc=0.1, seed=s, tau=1.0, task=task, loss=kd)
+        write_run(tmp_path, f"lab/s{s}", stage="train-labels", acc=0.1, seed=s, task=task, loss=lab)
+    (row,) = report.run(report.ReportConfig(root=str(tmp_path))).rows
+    assert row["metric"] == "test_loss" and row["pi_method"] == "relative_reduction"
+    assert row["pi"] == pytest.approx(np.mean([100 * (4 - 3) / 4, 100 * (3 - 2.7) / 3]))
+    assert row["arm_metric"] == pytest.approx(2.85) and row["teacher_metric"] == pytest.approx(2.0)
 
 
 def test_tau_table_label_smoothing_and_filters(tmp_path):

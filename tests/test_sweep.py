@@ -17,7 +17,7 @@ ARGS = ["train-labels", "--dataset", "digits", "--model", "test_mlp", "--epochs"
 
 
 def test_points_in_cartesian_order():
-    grid = parse_grid(["kappa=0.02,0.1", "seed=0,1,2", "tau=1,4"], DistillConfig)
+    grid = parse_grid(["kappa=0.02,0.1", "seed=0,1,2", "tau=1,4"], DistillConfig, "distill")
     expected = list(itertools.product([0.02, 0.1], [0, 1, 2], [1.0, 4.0]))
     assert grid_size(grid) == 12
     assert [tuple(grid_point(grid, i).values()) for i in range(12)] == expected
@@ -25,16 +25,16 @@ def test_points_in_cartesian_order():
     assert point_name(grid_point(grid, 5)) == "kappa0.02_seed2_tau4"
 
 
-@pytest.mark.parametrize("item, words", [("kappa", "KEY=V1"), ("kapa=1", "not an option"),
+@pytest.mark.parametrize("item, words", [("kappa", "KEY=V1"), ("kapa=1", "cannot be swept|can sweep"),
                                          ("seed=a,b", "not a valid int"), ("dataset_args=1", "single-valued"),
-                                         ("out=x", "not an option")])
+                                         ("out=x", "can sweep")])
 def test_bad_grids(item, words):
     with pytest.raises(ConfigError, match=words):
-        parse_grid([item], TrainConfig)
+        parse_grid([item], TrainConfig, "train-labels")
 
 
 def test_index_from_slurm_and_range(monkeypatch):
-    grid = parse_grid(["seed=0,1"], TrainConfig)
+    grid = parse_grid(["seed=0,1"], TrainConfig, "train-labels")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     assert task_index(None) == 1 and task_index(0) == 0
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID")

@@ -18,7 +18,7 @@ from kdcli.config import TrainConfig
 from kdcli.errors import ArtifactError, ConfigError
 from kdcli.io.checkpoint import load_tensors
 from kdcli.stages import train
-from kdcli.train.loop import Callbacks
+from kdcli.progress import Progress
 from kdcli.train.schedule import lr_at
 from tests.conftest import tiny_config
 
@@ -29,15 +29,15 @@ class Interrupted(Exception):
     """Stands in for a kill (slurm preemption, Ctrl-C) in the middle of a run."""
 
 
-class InterruptAt(Callbacks):
-    """Raise from on_epoch at `epoch`. The loop saves its checkpoint *after* on_epoch, so the
-    newest checkpoint left behind is the one of the previous evaluated epoch."""
+class InterruptAt(Progress):
+    """Raise when step `step` is done, before its evaluation and checkpoint, so the newest
+    checkpoint left behind is the one before it."""
 
-    def __init__(self, epoch: int):
-        self.epoch = epoch
+    def __init__(self, step: int):
+        self.step = step
 
-    def on_epoch(self, row: dict) -> None:
-        if row["epoch"] == self.epoch:
+    def advance(self, done: int | None = None) -> None:
+        if done == self.step:
             raise Interrupted
 
 
@@ -122,7 +122,7 @@ def test_lr_schedule_matches_formula(schedule, warmup):
 
 def test_lr_schedule_landmarks():
     def lr(step, **kw):
-        return lr_at(TrainConfig(out="unused", lr=0.2, **kw), step, 100, 10)
+        return lr_at(TrainConfig(out="unused", lr=0.2, **{"warmup_epochs": 0.0, **kw}), step, 100, 10)
 
     # cosine: peak at the first step, half at the middle, near zero at the end
     assert lr(0, schedule="cosine") == pytest.approx(0.2)
@@ -149,31 +149,32 @@ def image_dir(tmp_path_factory) -> Path:
     return write_image_parquet(tmp_path_factory.mktemp("images"))
 
 
-RESUME_CASES = {
-    "adamw": dict(optimizer="adamw"),
-    "sgd": dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4),
+RESUME_CASES = {  # 30 steps each
+    "adamw": dict(optimizer="adamw", epochs=3),
+    "sgd": dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, epochs=3),
     "augment": dict(dataset="parquet-images", dataset_args={}, model="test_cnn", augment=True,
-                    batch_size=16),
+                    batch_size=16, epochs=10),
 }
 
 
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_resume_gives_the_uninterrupted_result(case, tmp_path, image_dir):
-    kw = dict(RESUME_CASES[case], epochs=4, eval_every=1)
+    # Checkpoints every 7 steps fall inside epochs (10 or 3 steps long), evaluations every 5.
+    kw = dict(RESUME_CASES[case], eval_every="5", checkpoint_every="7")
     if case == "augment":
         kw["data_dir"] = str(image_dir)
     whole = train.run(tiny_config(tmp_path / "whole", **kw))
 
     out = tmp_path / "interrupted"
     with pytest.raises(Interrupted):
-        train.run(tiny_config(out, **kw), callbacks=InterruptAt(3))
+        train.run(tiny_config(out, **kw), progress=InterruptAt(27))
     assert not (out / "run.json").exists()
-    assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 2
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 21
 
     resumed = train.run(tiny_config(out, resume=True, **kw))
     assert not resumed.skipped
     assert same_weights(whole.run_dir, out)
-    assert [r["epoch"] for r in resumed.rows] == [1, 2, 3, 4]
+    assert [r["step"] for r in resumed.rows] == [5, 10, 15, 20, 25, 30]
     assert without_seconds(resumed.rows) == without_seconds(whole.rows)
     assert resumed.run["final"]["test_acc"] == whole.run["final"]["test_acc"]
     assert not (out / "checkpoint.json").exists() and not (out / "checkpoint.safetensors").exists()
@@ -192,7 +193,7 @@ def test_resume_with_settings_resolved_at_run_time(source, teacher_run, tmp_path
     whole = train.run(tiny_config(tmp_path / "whole", **kw))
     out = tmp_path / "interrupted"
     with pytest.raises(Interrupted):
-        train.run(tiny_config(out, **kw), callbacks=InterruptAt(2))
+        train.run(tiny_config(out, **kw), progress=InterruptAt(12))
     train.run(tiny_config(out, resume=True, **kw))
     assert same_weights(whole.run_dir, out)
 
@@ -218,13 +219,12 @@ def test_same_seeds_give_identical_runs(tmp_path):
     assert other_subset.run["subset"]["sha256"] != a.run["subset"]["sha256"]
 
 
-@pytest.mark.parametrize("steps,epochs", [(25, [1, 2, 3]), (7, [1])])
-def test_steps_sets_the_number_of_optimizer_steps(steps, epochs, tmp_path):
+@pytest.mark.parametrize("steps,evaluated", [(25, [10, 20, 25]), (7, [7])])
+def test_steps_sets_the_number_of_optimizer_steps(steps, evaluated, tmp_path):
     # 600 samples, batch 64: 10 steps per epoch (the last batch holds 24 samples)
     res = train.run(tiny_config(tmp_path / "r", steps=steps, epochs=None))
-    assert [r["epoch"] for r in res.rows] == epochs
-    assert res.rows[-1]["step"] == steps
-    assert [r["step"] for r in res.rows[:-1]] == [10 * e for e in epochs[:-1]]
+    assert [r["step"] for r in res.rows] == evaluated  # every 10 steps, and after the last
+    assert [r["epoch"] for r in res.rows] == [s / 10 for s in evaluated]
     # the last logged lr is the cosine value at the last step (0-based steps - 1) of `steps`
     assert res.rows[-1]["lr"] == pytest.approx(0.5 * 3e-3 * (1 + math.cos(math.pi * (steps - 1) / steps)))
 
@@ -243,7 +243,7 @@ def test_augment_needs_an_image_dataset(dataset, tmp_path):
 def interrupted(tmp_path) -> Path:
     out = tmp_path / "interrupted"
     with pytest.raises(Interrupted):
-        train.run(tiny_config(out, epochs=3), callbacks=InterruptAt(2))
+        train.run(tiny_config(out, epochs=3), progress=InterruptAt(20))
     return out
 
 

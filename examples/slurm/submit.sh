@@ -9,7 +9,7 @@ export N_TRAIN=${N_TRAIN:-10000} TEACHER_EPOCHS=${TEACHER_EPOCHS:-40} KDCLI=${KD
 
 teacher=$(sbatch --parsable --job-name=kd-teacher --cpus-per-task=2 --wrap "set -e
   $KDCLI train-teacher --out $OUT/teacher --dataset mnist1d --dataset-arg n_train=$N_TRAIN \
-      --model cnn1d --epochs $TEACHER_EPOCHS --lr 3e-3 --quiet
+      --model cnn1d --epochs $TEACHER_EPOCHS --lr 3e-3 --checkpoint-every 500 --resume --quiet
   $KDCLI dump-logits --teacher $OUT/teacher --out $OUT/teacher_logits.parquet --quiet")
 points=$($KDCLI train-labels --out "$OUT/labels" --grid "kappa=$KAPPAS" --grid "seed=$SEEDS" --print-grid)
 array=$(sbatch --parsable --dependency=afterok:"$teacher" --array=0-$((2 * points - 1)) "$here/kappa_array.sbatch")

@@ -37,7 +37,7 @@ def _check_dataset(ds):
         assert split.y.dtype == split.index.dtype == torch.int64
         assert int(split.y.min()) >= 0 and int(split.y.max()) < ds.num_classes
         assert torch.equal(split.index.sort().values, split.index) and len(set(split.index.tolist())) == len(split)
-        assert ds.normalise(split.x[:4]).dtype == torch.float32
+        assert ds.model_input(split.x[:4]).dtype == torch.float32
     assert ds.split("train") is ds.train() and ds.split("test") is ds.test()
     with pytest.raises(ConfigError, match="--split"):
         ds.split("val")
@@ -147,7 +147,7 @@ def test_parquet_images_normalise(image_parquet):
     mean = np.asarray(ds.mean, dtype=np.float64)[None, :, None, None]
     std = np.asarray(ds.std, dtype=np.float64)[None, :, None, None]
     expected = (x.numpy().astype(np.float64) / 255 - mean) / std
-    np.testing.assert_allclose(ds.normalise(x).numpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ds.model_input(x).numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_parquet_images_class_names_argument(image_parquet):
