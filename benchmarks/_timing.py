@@ -1,21 +1,21 @@
-"""Shared by the benchmarks: a training callback that times the loop's steps."""
+"""Shared by the benchmarks: a progress receiver that times the loop's steps."""
 
 from __future__ import annotations
 
 import statistics
 import time
 
-from kdcli.train.loop import Callbacks
+from kdcli.progress import Progress
 
 
-class StepTimer(Callbacks):
+class StepTimer(Progress):
     """Steps per second between the first and the last optimizer step of a run."""
 
     def __init__(self):
         self.start = self.end = None
         self.steps = 0
 
-    def on_step(self, step: int) -> None:
+    def advance(self, done: int | None = None) -> None:
         now = time.perf_counter()
         if self.start is None:
             self.start = now  # the first step carries one-off costs; time from here

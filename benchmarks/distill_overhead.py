@@ -4,7 +4,7 @@
 
 A cnn1d teacher is trained briefly on the embedded MNIST-1D (10,000 samples),
 its logits dumped, then paired students (κ = 1, same seed) alternate between
-the two stages; per-step times come from the loop's own step callbacks.
+the two stages; per-step times come from the loop's own progress reports.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    common = dict(steps=args.steps, epochs=None, lr=3e-3, threads=1, device="cpu", eval_every=10**6)
+    common = dict(steps=args.steps, epochs=None, lr=3e-3, threads=1, device="cpu", eval_every="0")
     with tempfile.TemporaryDirectory() as root:
         teacher = os.path.join(root, "teacher")
         train.run(TrainConfig(out=teacher, stage="train-teacher", dataset="mnist1d", dataset_args=DATA,
@@ -41,9 +41,9 @@ def main() -> None:
                 timer = StepTimer()
                 out = os.path.join(root, f"{name}-{r}")
                 if name == "distill":
-                    distill.run(DistillConfig(out=out, logits=logits, tau=4.0, **common), callbacks=timer)
+                    distill.run(DistillConfig(out=out, logits=logits, tau=4.0, **common), progress=timer)
                 else:
-                    train.run(TrainConfig(out=out, teacher=teacher, **common), callbacks=timer)
+                    train.run(TrainConfig(out=out, teacher=teacher, **common), progress=timer)
                 times[name].append(1e3 / timer.rate())
     lab, kd = median(times["train-labels"]), median(times["distill"])
     print(f"cnn1d/MNIST-1D, batch 128, {args.steps} steps, 1 thread, {args.repeats} alternating repeats")

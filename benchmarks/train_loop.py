@@ -56,8 +56,8 @@ def kdcli_loop(steps: int, seed: int, root: str) -> float:
     timer = StepTimer()
     cfg = TrainConfig(out=os.path.join(root, f"run{seed}-{time.time_ns()}"), dataset="mnist1d",
                       dataset_args=DATA, model="cnn1d", model_args={"channels": 32}, steps=steps,
-                      epochs=None, lr=3e-3, threads=1, device="cpu", eval_every=10**6)
-    train.run(cfg, callbacks=timer)
+                      epochs=None, lr=3e-3, threads=1, device="cpu", eval_every="0")
+    train.run(cfg, progress=timer)
     return timer.rate()
 
 

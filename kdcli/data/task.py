@@ -15,8 +15,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 
 IGNORE = -100  # a target that does not count (padding); F.cross_entropy's default ignore_index
+
+# Test metrics by name: one value per counted row (logits [R, V], targets [R]); the mean over
+# rows is the metric.
+ROW_METRICS = {
+    "test_loss": lambda s, y: F.cross_entropy(s, y, reduction="none"),
+    "test_acc": lambda s, y: s.argmax(-1) == y,
+}
 
 # How PI is computed from the primary metric of a KD arm (a) and its label twin (b).
 PI_METHODS = {
@@ -30,13 +38,16 @@ class Task:
     kind: str  # "classification": one row per sample; "sequence": one row per position
     outputs: int  # logits per row: classes, or the vocabulary
     subsets: str  # "stratified" (by class) or "permutation" (seeded, of samples)
+    metrics: tuple[str, ...] = ("test_loss", "test_acc")  # what evaluation reports (ROW_METRICS)
     primary: str = "test_acc"  # the metrics.parquet / run.json `final` column PI is computed from
     higher_is_better: bool = True
     pi: str = "difference_points"
     masked: bool = False  # targets may hold IGNORE
 
     def __post_init__(self):
+        object.__setattr__(self, "metrics", tuple(self.metrics))
         assert self.kind in ("classification", "sequence"), self.kind
+        assert set(self.metrics) <= set(ROW_METRICS) and self.primary in self.metrics, self.metrics
         assert self.subsets in ("stratified", "permutation"), self.subsets
         assert self.pi in PI_METHODS, self.pi
 
@@ -74,8 +85,8 @@ class Task:
         """The task a run.json recorded; runs of format 1 predate it and are classification."""
         if not record:
             return classification(num_classes or 0)
-        known = {k: record[k] for k in ("kind", "outputs", "subsets", "primary", "higher_is_better",
-                                        "pi", "masked") if k in record}
+        known = {k: record[k] for k in ("kind", "outputs", "subsets", "metrics", "primary",
+                                        "higher_is_better", "pi", "masked") if k in record}
         return cls(**known)
 
 

@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from kdcli.config import TrainConfig, parse_interval
 from kdcli.data.augment import augment
 from kdcli.data.base import Split
-from kdcli.data.task import Task
+from kdcli.data.task import ROW_METRICS, Task
 from kdcli.io.runs import CKPT_STATE
 from kdcli.losses.eager import kd_rows
 from kdcli.progress import Progress
@@ -48,14 +47,15 @@ def predict_batches(model: torch.nn.Module, x: torch.Tensor, model_input: Callab
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Callable,
              batch_size: int, device: torch.device, teacher: TeacherRows | None = None) -> dict:
-    """Test loss and accuracy over rows, and fidelity to the teacher when there is one.
+    """The task's test metrics (mean over rows), and fidelity to the teacher when there is one.
 
     Accumulates one scalar per row, batch by batch; never holds a split's logits.
     teacher_agreement: top-1 agreement; teacher_kl: KL(softmax(t) ‖ softmax(s)) at τ = 1, nats.
     """
     was_training = model.training
     model.eval()
-    losses, correct, agree, kl = [], [], [], []
+    values: dict[str, list] = {name: [] for name in task.metrics}
+    agree, kl = [], []
     for start in range(0, len(split), batch_size):
         x = model_input(split.x[start:start + batch_size].to(device))
         s, y = task.rows(model(x).float(), split.y[start:start + batch_size].to(device))
@@ -66,14 +66,13 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
             t = task.rows(teacher(positions, x), y)[0]
         if keep is not None:
             s, y, t = s[keep], y[keep], (None if t is None else t[keep])
-        losses.append(F.cross_entropy(s, y, reduction="none"))
-        correct.append(s.argmax(-1) == y)
+        for name in task.metrics:
+            values[name].append(ROW_METRICS[name](s, y))
         if t is not None:
             agree.append(s.argmax(-1) == t.argmax(-1))
             kl.append(kd_rows(s.double(), t.double(), 1.0))
     model.train(was_training)
-    out = {"test_loss": torch.cat(losses).mean().item(),
-           "test_acc": torch.cat(correct).double().mean().item()}
+    out = {name: torch.cat(v).double().mean().item() for name, v in values.items()}
     if teacher is not None:
         out["teacher_agreement"] = torch.cat(agree).double().mean().item()
         out["teacher_kl"] = torch.cat(kl).mean().item()
