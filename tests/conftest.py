@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kdcli.progress import Progress
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -20,6 +22,35 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("KDCLI_CACHE_DIR", None)
     else:
         os.environ["KDCLI_CACHE_DIR"] = old
+
+
+class Interrupted(Exception):
+    """Stands in for a kill (slurm preemption, Ctrl-C) in the middle of a run."""
+
+
+class InterruptAt(Progress):
+    """Raise when step `step` is done, before its evaluation and checkpoint, so the newest
+    checkpoint left behind is the one before it."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def advance(self, done: int | None = None) -> None:
+        if done == self.step:
+            raise Interrupted
+
+
+def weights(run_dir) -> dict:
+    from kdcli.io.checkpoint import load_tensors
+
+    return load_tensors(Path(run_dir) / "model.safetensors")[0]
+
+
+def same_weights(a, b) -> bool:
+    import torch
+
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 TINY_MNIST1D = {"n_train": 600, "n_test": 300}

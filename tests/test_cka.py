@@ -14,13 +14,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kdcli.errors import ArtifactError, ConfigError, DataError
-from kdcli.metrics.cka import MinibatchCKA, linear_cka, rbf_cka
-from kdcli.stages import cka as stage
 from kdcli.config import CKAConfig
 from kdcli.data.task import classification
+from kdcli.errors import ArtifactError, ConfigError, DataError
 from kdcli.io.cka import CKA_FORMAT_VERSION, COLUMNS
+from kdcli.metrics.cka import MinibatchCKA, linear_cka, rbf_cka
 from kdcli.models import layers
+from kdcli.stages import cka as stage
 from tests.conftest import tiny_config
 
 

@@ -16,34 +16,9 @@ import torch
 
 from kdcli.config import TrainConfig, parse_interval
 from kdcli.errors import ArtifactError, ConfigError
-from kdcli.io.checkpoint import load_tensors
-from kdcli.progress import Progress
 from kdcli.stages import train
 from kdcli.stages.inputs import resolve
-from tests.conftest import tiny_config
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAt(Progress):
-    def __init__(self, step: int):
-        self.step = step
-
-    def advance(self, done=None):
-        if done == self.step:
-            raise Interrupted
-
-
-def weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_tensors(Path(run_dir) / "model.safetensors")[0]
-
-
-def same_weights(a, b) -> bool:
-    wa, wb = weights(a), weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
+from tests.conftest import InterruptAt, Interrupted, same_weights, tiny_config, weights
 
 # ---------------------------------------------------------------------------- intervals
 

@@ -16,38 +16,11 @@ from safetensors.torch import load_file
 
 from kdcli.config import TrainConfig
 from kdcli.errors import ArtifactError, ConfigError
-from kdcli.io.checkpoint import load_tensors
 from kdcli.stages import train
-from kdcli.progress import Progress
 from kdcli.train.schedule import lr_at
-from tests.conftest import tiny_config
+from tests.conftest import InterruptAt, Interrupted, same_weights, tiny_config, weights
 
 # ---------------------------------------------------------------------------- helpers
-
-
-class Interrupted(Exception):
-    """Stands in for a kill (slurm preemption, Ctrl-C) in the middle of a run."""
-
-
-class InterruptAt(Progress):
-    """Raise when step `step` is done, before its evaluation and checkpoint, so the newest
-    checkpoint left behind is the one before it."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def advance(self, done: int | None = None) -> None:
-        if done == self.step:
-            raise Interrupted
-
-
-def weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_tensors(Path(run_dir) / "model.safetensors")[0]
-
-
-def same_weights(a, b) -> bool:
-    wa, wb = weights(a), weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def snapshot(run_dir) -> dict[str, tuple[str, int]]:

@@ -20,7 +20,14 @@ from kdcli.errors import ArtifactError, ConfigError
 from kdcli.io.atomic import write_bytes, write_json
 from kdcli.io.runs import Found, scan
 from kdcli.report.pairs import Pair, Pairing, pair_runs
-from kdcli.report.pi import agreement_gain, fidelity_correlation, pair_pi, pi_rows, primary, varying_fields
+from kdcli.report.pi import (
+    agreement_gain,
+    fidelity_correlation,
+    pair_pi,
+    pi_rows,
+    primary,
+    varying_fields,
+)
 
 
 @dataclass(frozen=True)

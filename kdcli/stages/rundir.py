@@ -20,7 +20,7 @@ from kdcli.io import runs
 from kdcli.io.atomic import write_json
 from kdcli.io.checkpoint import save_model
 from kdcli.io.hashing import sha256_file
-from kdcli.io.provenance import now_iso, provenance
+from kdcli.io.provenance import provenance
 from kdcli.io.tables import write_metrics, write_table
 from kdcli.train.state import clear_state
 

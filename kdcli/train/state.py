@@ -20,7 +20,6 @@ from kdcli.io.checkpoint import load_tensors, save_tensors
 from kdcli.io.hashing import sha256_file
 from kdcli.io.runs import CKPT_STATE, CKPT_TENSORS
 
-
 STATE_VERSION = 2  # 2: step-based (checkpoints inside an epoch keep its order)
 
 
