@@ -12,17 +12,17 @@ class StepTimer(Progress):
     """Steps per second between the first and the last optimizer step of a run."""
 
     def __init__(self):
-        self.start = self.end = None
+        self.first = self.last = None
         self.steps = 0
 
     def advance(self, done: int | None = None) -> None:
         now = time.perf_counter()
-        if self.start is None:
-            self.start = now  # the first step carries one-off costs; time from here
-        self.end, self.steps = now, self.steps + 1
+        if self.first is None:
+            self.first = now  # the first step carries one-off costs; time from here
+        self.last, self.steps = now, self.steps + 1
 
     def rate(self) -> float:
-        return (self.steps - 1) / (self.end - self.start)
+        return (self.steps - 1) / (self.last - self.first)
 
 
 def median(values: list[float]) -> float:

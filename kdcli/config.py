@@ -64,6 +64,13 @@ def fields_with_role(cls, *roles: str) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("role") in roles]
 
 
+def without_overridden(settings: dict) -> dict:
+    """Settings less those another one overrides: --steps overrides --epochs."""
+    if settings.get("steps") is not None:
+        return {k: v for k, v in settings.items() if k != "epochs"}
+    return settings
+
+
 INTERVAL = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>m?)$")
 
 
@@ -81,7 +88,7 @@ class TrainConfig:
     """Everything that determines a `train-teacher` / `train-labels` run."""
 
     out: str = setting(None, "Run directory to create.", "run", flag="--out/-o", required=True)
-    stage: str = setting("train-labels", cli=False)
+    stage: str = setting("train-labels", role="input", cli=False)
     dataset: str | None = setting(
         None, "Dataset: mnist1d (default, generated offline), digits, cifar10, cifar100, "
               "parquet-images. A student takes its teacher's.", "input")
@@ -188,11 +195,12 @@ class TrainConfig:
     def compared_fields(self) -> dict:
         """The settings a completed run is skipped with, or an interrupted one resumed with, only
         when they are unchanged (training, arm and input roles), as JSON values: tuples become
-        lists, as they read back from a file. A matched ε is compared through its τ."""
+        lists, as they read back from a file. A matched ε is compared through its τ, and
+        --epochs not at all when --steps overrides it."""
         d = {k: getattr(self, k) for k in fields_with_role(type(self), "training", "arm", "input")}
         if self.match_smoothing_tau is not None:
             d.pop("label_smoothing")
-        return json.loads(json.dumps(d))
+        return json.loads(json.dumps(without_overridden(d)))
 
 
 @dataclass(frozen=True)
@@ -202,7 +210,7 @@ class DistillConfig(TrainConfig):
     L = α·τ²·KL(softmax(t/τ) ‖ softmax(s/τ)) + (1−α)·CE(y, s), mean over rows.
     """
 
-    stage: str = setting("distill", cli=False)
+    stage: str = setting("distill", role="input", cli=False)
     tau: float = setting(4.0, "Temperature τ of both softmaxes in the KL term.", "arm")
     alpha: float = setting(1.0, "Weight of the KD term; 1 - alpha weighs hard-label CE.", "arm")
     kd_backend: str = setting(

@@ -67,7 +67,7 @@ class TeacherSource:
         if self.logits is not None:
             stored = read_logits(self.logits, split_name)
             where = stored.positions_for(split.index.numpy(), f"--logits {self.logits} ({split_name})")
-            return StoredRows(stored.to(device), where.to(device))
+            return StoredRows(stored, where, device)
         return OnlineRows(model if model is not None else self.load_model(device))
 
 
@@ -80,10 +80,18 @@ class TeacherRows:
 
 
 class StoredRows(TeacherRows):
-    def __init__(self, stored: TeacherLogits, file_rows: torch.Tensor):
-        self.stored, self.file_rows = stored, file_rows
+    """Rows of a logits file. Dense rows are put in split order once, as stored (float16 stays
+    float16), so a batch is one gather; top-k rows are densified batch by batch."""
+
+    def __init__(self, stored: TeacherLogits, file_rows: torch.Tensor, device: torch.device):
+        if stored.dense is not None:
+            self.dense = stored.dense[file_rows].to(device)
+        else:
+            self.dense, self.stored, self.file_rows = None, stored.to(device), file_rows.to(device)
 
     def __call__(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            return self.dense[positions].float()
         return self.stored.rows(self.file_rows[positions])
 
 

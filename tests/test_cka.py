@@ -15,12 +15,12 @@ import torch
 from typer.testing import CliRunner
 
 from kdcli.config import CKAConfig
-from kdcli.data.task import classification
 from kdcli.errors import ArtifactError, ConfigError, DataError
 from kdcli.io.cka import CKA_FORMAT_VERSION, COLUMNS
 from kdcli.metrics.cka import MinibatchCKA, linear_cka, rbf_cka
 from kdcli.models import layers
 from kdcli.stages import cka as stage
+from kdcli.task import classification
 from tests.conftest import tiny_config
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from kdcli.config import DistillConfig, TrainConfig
 from kdcli.data.base import Dataset, Split
-from kdcli.data.task import IGNORE, Task, classification
+from kdcli.task import IGNORE, Task, classification
 from kdcli.train.loop import evaluate
 
 VOCAB, LENGTH = 7, 6
@@ -176,7 +176,8 @@ def test_cka_features_are_one_row_per_position(tokens, tmp_path):
     res = cka.run(CKAConfig(run_a=str(a.run_dir), run_b=str(b.run_dir), out=str(tmp_path / "c.parquet"),
                             estimators=("linear",), threads=1, device="cpu"))
     (row,) = res.rows
-    assert row["n"] == 40 * LENGTH and row["d_a"] == 8  # the embedding: 8 features per position
+    # one row per position whose target counts (the last of each window does not)
+    assert row["n"] == 40 * (LENGTH - 1) and row["d_a"] == 8  # the embedding: 8 features per position
     _, layers = cka.layers(str(a.run_dir))
     assert {layer.name: layer.shape for layer in layers}["features"] == (8,)
     assert json.loads((a.run_dir / "run.json").read_text())["task"]["kind"] == "sequence"

@@ -332,3 +332,32 @@ def test_same_teacher_by_relative_path_is_still_a_skip(teacher_run, tmp_path, mo
     monkeypatch.chdir(teacher_run.parent)
     again = train.run(tiny_config(tmp_path / "s", teacher=teacher_run.name, kappa=0.2))
     assert again.skipped and again.run["run_id"] == first.run["run_id"]
+
+
+def test_another_stage_in_the_run_dir_is_refused(teacher_run, tmp_path):
+    """A distill run dir is never skipped (or resumed) as a train-labels run, nor the reverse."""
+    from kdcli.config import DistillConfig
+    from kdcli.stages import distill
+
+    kw = dict(teacher=str(teacher_run), kappa=0.5)
+    kd = distill.run(DistillConfig(**{**tiny_config(tmp_path / "kd", **kw).to_dict(), "stage": "distill"}))
+    with pytest.raises(ArtifactError, match=r"other settings \(.*stage"):
+        train.run(tiny_config(kd.run_dir, **kw))
+    out = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        distill.run(DistillConfig(**{**tiny_config(out, **kw).to_dict(), "stage": "distill",
+                                     "checkpoint_every": "2"}), progress=InterruptAt(5))
+    with pytest.raises(ArtifactError, match=r"different settings \(.*stage"):
+        train.run(tiny_config(out, resume=True, checkpoint_every="2", **kw))
+
+
+def test_epochs_overridden_by_steps_are_not_compared(tmp_path):
+    """--steps overrides --epochs: a run made with another (unused) epochs value is the same run."""
+    done = train.run(tiny_config(tmp_path / "r", steps=12, epochs=5))
+    again = train.run(tiny_config(tmp_path / "r", steps=12, epochs=None))  # the recipe's epochs now
+    assert again.skipped and again.run["run_id"] == done.run["run_id"]
+    run = json.loads((done.run_dir / "run.json").read_text())  # a run written by kdcli 0.1
+    run.update(format_version=1, config={**run["config"], "eval_every": 1})
+    del run["task"], run["recipe"]
+    (done.run_dir / "run.json").write_text(json.dumps(run))
+    assert train.run(tiny_config(tmp_path / "r", steps=12)).skipped

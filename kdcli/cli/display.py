@@ -59,7 +59,8 @@ class ProgressBar(ProgressProtocol):
 
     def metrics(self, row: dict) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, metrics=f"step {row['step']} test acc {row['test_acc']:.4f}")
+            shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("test_"))
+            self.progress.update(self.task, metrics=f"step {row['step']} {shown}")
 
 
 def fmt(value) -> str:
@@ -79,6 +80,9 @@ def run_summary(title: str, run: dict) -> Table:
     table.add_row("model", f"{run['model']['name']} ({run['model']['parameters']:,} parameters)")
     table.add_row("κ / train samples", f"{sub['kappa']:g} / {sub['size']}")
     table.add_row("seed / subset seed", f"{run['config']['seed']} / {sub['seed']}")
+    if run.get("recipe"):
+        applied = ", ".join(f"{k} {v}" for k, v in run["recipe"]["applied"].items())
+        table.add_row("recipe", f"{run['recipe']['name']}" + (f" ({applied})" if applied else ""))
     for key, value in run["final"].items():
         table.add_row(key, fmt(value))
     return table

@@ -10,9 +10,9 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from kdcli.data.task import Task, classification
 from kdcli.errors import ConfigError
 from kdcli.io.hashing import sha256_array
+from kdcli.task import Task, classification
 
 
 @dataclass(frozen=True)

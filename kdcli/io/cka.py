@@ -16,8 +16,8 @@ COLUMNS = {  # name: (Arrow type name, meaning) — documented in the README
     "value": ("float64", "the CKA estimate"),
     "ci_low": ("float64", f"lower end of the {CONFIDENCE:.0%} basic bootstrap interval (null without --bootstrap)"),
     "ci_high": ("float64", "upper end of that interval (null without --bootstrap)"),
-    "n": ("int64", "samples the estimate used"),
-    "d_a": ("int64", "feature size of layer_a (flattened per sample)"),
+    "n": ("int64", "rows the estimate used: samples, or token positions whose target counts"),
+    "d_a": ("int64", "feature size of layer_a (flattened per row)"),
     "d_b": ("int64", "feature size of layer_b"),
     "batches": ("int64", "minibatches averaged (minibatch estimator; null for the others)"),
 }

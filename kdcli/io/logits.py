@@ -179,7 +179,7 @@ def dense_logits(values: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, num
     """
     k = values.shape[1]
     if k >= num_classes:
-        return torch.empty(len(values), num_classes).scatter_(1, ids, values)
+        return torch.empty(len(values), num_classes, dtype=values.dtype, device=values.device).scatter_(1, ids, values)
     top_mass = torch.exp(values - lse[:, None]).sum(1).clamp(max=1.0)
     tail_mass = (1.0 - top_mass).clamp(min=torch.finfo(torch.float32).tiny)
     tail_logit = lse + torch.log(tail_mass / (num_classes - k))

@@ -55,6 +55,9 @@ def load_run_json(path: str | Path, flag: str) -> dict:
     if run.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(f"{flag} {marker}: run format version {run.get('format_version')}, "
                             f"this kdcli reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    from kdcli.task import Task
+
+    Task.from_record(run.get("task"), where=f"{flag} {marker}")  # a malformed task: damaged
     missing = [name for name in run.get("artifacts", {}) if not (path / name).is_file()]
     if missing:
         raise ArtifactError(f"{flag} {path}: {', '.join(missing)} missing (the run dir is damaged; "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdcli.data.task import Task
+from kdcli.task import Task
 from kdcli.teacher import TeacherRows
 
 

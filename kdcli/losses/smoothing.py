@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from kdcli.data.base import Split
-from kdcli.data.task import Task
 from kdcli.errors import ConfigError
+from kdcli.task import Task
 from kdcli.teacher import TeacherRows
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kdcli.data.task import Task
 from kdcli.errors import ConfigError
+from kdcli.task import Task
 
 
 @dataclass(frozen=True)
@@ -109,11 +109,15 @@ class LayerHooks:
 
     def _keep(self, name: str, value) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
-        if not isinstance(value, torch.Tensor) or value.ndim == 0:
+        rows = "[batch, ...]" if self.task.row_dims == 1 else "[batch, positions, ...]"
+        if not isinstance(value, torch.Tensor) or value.ndim < self.task.row_dims:
             self.shapes[name] = None
             if self.strict:
-                raise ConfigError(f"{self.flag} {name}: in {self.label}'s model this gives a "
-                                  f"{type(value).__name__}, not a [batch, ...] tensor; choose another layer")
+                what = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) \
+                    else f"a {type(value).__name__}"
+                raise ConfigError(f"{self.flag} {name}: in {self.label}'s model this gives {what}, "
+                                  f"not a {rows} tensor with a row per {self.task.row_name}; "
+                                  "choose another layer")
             return
         self.shapes[name] = tuple(value.shape[self.task.row_dims:])
         if self.strict:

@@ -14,7 +14,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from kdcli.config import DistillConfig, fields_with_role
+from kdcli.config import DistillConfig, fields_with_role, without_overridden
 
 # The pairing key's settings: those that change the trained weights (kdcli/config.py roles);
 # the arm's loss settings, inputs (compared through fingerprint, model, teacher id) and how a
@@ -24,10 +24,7 @@ PAIRING = fields_with_role(DistillConfig, "training")
 
 def setting(run: dict) -> dict:
     """The config fields a pair shares, besides dataset, teacher and model."""
-    cfg = {k: v for k, v in run["config"].items() if k in PAIRING}
-    if cfg.get("steps") is not None:
-        cfg.pop("epochs", None)  # --steps overrides --epochs
-    return cfg
+    return without_overridden({k: v for k, v in run["config"].items() if k in PAIRING})
 
 
 def pair_key(run: dict) -> tuple:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from kdcli.data.task import Task
 from kdcli.report.pairs import Pair, setting
 from kdcli.report.stats import bootstrap_ci, mean_ci, nanmean, pearson
+from kdcli.task import Task
 
 
 def task_of(run: dict) -> Task:

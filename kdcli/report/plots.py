@@ -58,7 +58,7 @@ def pi_vs_kappa(rows: list[dict], path: Path) -> Path:
 
 
 def pi_label(row: dict) -> str:
-    """What PI means for a report row's task (kdcli/data/task.py)."""
+    """What PI means for a report row's task (kdcli/task.py)."""
     if row["pi_method"] == "difference_points":
         name = "acc" if row["metric"] == "test_acc" else row["metric"]
         return f"PI = {name}(arm) − {name}(labels) (points)"

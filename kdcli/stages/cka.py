@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from kdcli.config import CKAConfig, DistillConfig, fields_with_role
-from kdcli.data.task import Task
 from kdcli.errors import ArtifactError, ConfigError, DataError
 from kdcli.io import runs
 from kdcli.io.cka import CKA_FORMAT_VERSION, COLUMNS, read_cka, write_cka
@@ -29,6 +28,7 @@ from kdcli.metrics import cka as M
 from kdcli.metrics.bootstrap import CONFIDENCE, basic_interval
 from kdcli.models.layers import Layer, LayerHooks, list_layers, resolve_layers
 from kdcli.progress import Progress
+from kdcli.task import Task
 
 FULL_DATA = {"linear": ("linear", False), "debiased": ("linear", True), "rbf": ("rbf", False)}
 
@@ -68,8 +68,9 @@ def run(cfg: CKAConfig, progress: Progress | None = None) -> CKAResult:
     if previous is not None:
         return previous
 
-    dataset = _dataset(run_a, cfg.data_dir, f"--data-dir {cfg.data_dir}" if cfg.data_dir else f"RUN_A {run_a['dir']}")
-    task = dataset.task
+    where = f"--data-dir {cfg.data_dir}" if cfg.data_dir else f"RUN_A {run_a['dir']}"
+    dataset = _dataset(run_a, cfg.data_dir, where)
+    task = Task.from_record(run_a.get("task"), run_a["dataset"]["num_classes"])  # what run.json says
     split, positions = _samples(cfg, dataset)
     device = use_device(cfg.device, cfg.threads)
     model_a = _load_model(run_a, "RUN_A", device)
@@ -155,19 +156,26 @@ def _extract(cfg: CKAConfig, hooks_a: LayerHooks, hooks_b: LayerHooks, split, po
     into preallocated float32 buffers. Minibatch estimator: each batch's features go to the
     accumulator and are dropped."""
     keep = any(e in FULL_DATA for e in cfg.estimators)
+    task = hooks_a.task
     minibatch = None
     if "minibatch" in cfg.estimators:
         minibatch = M.MinibatchCKA([f"RUN_A layer {n!r}" for n in hooks_a.names],
                                    [f"RUN_B layer {n!r}" for n in hooks_b.names])
     n = len(positions)
+    mask = task.mask(split.y[positions])  # rows whose target counts (None: every row)
+    n_rows = split.y[positions].numel() if mask is None else int(mask.sum())
     feats: tuple[dict, dict] = ({}, {})
     dims: tuple[dict, dict] = ({}, {})
+    done = 0  # rows stored so far
     with torch.inference_mode():
         for start in range(0, n, cfg.batch_size):
             pos = positions[start:start + cfg.batch_size]
             x = model_input(split.x[pos].to(device))
             outs = (hooks_a.forward(x), hooks_b.forward(x))
-            per = next(iter(outs[0].values())).shape[0] // len(pos)  # rows per sample
+            keep_rows = task.mask(split.y[pos].to(device))
+            if keep_rows is not None:
+                outs = tuple({k: f[keep_rows] for k, f in out.items()} for out in outs)
+            rows = next(iter(outs[0].values())).shape[0]
             for side, (label, out) in enumerate(zip(("RUN_A", "RUN_B"), outs)):
                 for name, f in out.items():
                     if not bool(torch.isfinite(f).all()):
@@ -178,9 +186,9 @@ def _extract(cfg: CKAConfig, hooks_a: LayerHooks, hooks_b: LayerHooks, split, po
                     dims[side][name] = f.shape[1]
                     if keep:
                         if name not in feats[side]:
-                            feats[side][name] = _buffer(n * per, f.shape[1], device)
-                        feats[side][name][start * per:(start + len(pos)) * per] = f
-            rows = len(pos) * per
+                            feats[side][name] = _buffer(n_rows, f.shape[1], device)
+                        feats[side][name][done:done + rows] = f
+            done += rows
             if minibatch is not None and rows >= 4:  # a last batch under 4 rows cannot be used
                 minibatch.update(list(outs[0].values()), list(outs[1].values()))
             step()

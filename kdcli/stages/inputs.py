@@ -14,9 +14,9 @@ import torch
 from kdcli.config import TrainConfig
 from kdcli.data import Dataset, Subset, build_dataset, dataset_from_description, kappa_subset
 from kdcli.data.base import Split
-from kdcli.data.task import Task
 from kdcli.errors import ArtifactError, ConfigError
 from kdcli.models import build_model, resolve_model_args
+from kdcli.task import Task
 from kdcli.teacher import TeacherRows, TeacherSource, resolve_teacher
 from kdcli.train.device import use_device
 from kdcli.train.recipes import apply_recipe
@@ -41,7 +41,9 @@ def resolve(cfg: TrainConfig) -> Resolved:
     dataset = None
     if teacher is None:
         dataset = build_dataset(cfg.dataset or DEFAULT_DATASET, cfg.dataset_args, cfg.data_dir)
-        cfg = cfg.replace(dataset=dataset.name, dataset_args=dataset.args, model=cfg.model or DEFAULT_MODEL)
+        # dataset_args stay as given (run.json's `dataset` holds the full ones), so runs made
+        # before are compared with the arguments they were given
+        cfg = cfg.replace(dataset=dataset.name, model=cfg.model or DEFAULT_MODEL)
     else:
         tdata = teacher.dataset
         if cfg.dataset not in (None, tdata["name"]):

@@ -22,7 +22,7 @@ from kdcli.io.checkpoint import save_model
 from kdcli.io.hashing import sha256_file
 from kdcli.io.provenance import provenance
 from kdcli.io.tables import write_metrics, write_table
-from kdcli.train.state import clear_state
+from kdcli.train.state import STATE_VERSION, clear_state
 
 
 @dataclass
@@ -57,11 +57,14 @@ def decide(cfg: TrainConfig) -> str:
             raise ArtifactError(f"--out {cfg.out}: interrupted before its first checkpoint; "
                                 "nothing to resume, use --overwrite")
         try:
-            saved = json.loads(state.read_text()).get("config")
+            saved = json.loads(state.read_text())
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"{state}: unreadable training state ({exc}); use --overwrite") from None
-        _refuse_changes(cfg, saved or {}, f"--resume: {cfg.out} was started with different settings",
-                        "use the same flags or --overwrite")
+        if not isinstance(saved, dict) or saved.get("state_version") != STATE_VERSION:
+            raise ArtifactError(f"{state}: not a checkpoint of this kdcli (an older, epoch-based one?); "
+                                "it cannot be resumed, use --overwrite")
+        _refuse_changes(cfg, saved.get("config") or {}, f"--resume: {cfg.out} was started with "
+                        "different settings", "use the same flags or --overwrite")
         return "resume"
     return "fresh"  # with --resume too: a slurm re-run resumes what it can and starts the rest
 

@@ -6,7 +6,7 @@ the same batches in the same order whatever their loss (the pairing of DESIGN.md
 Work is counted in steps: evaluation (--eval-every) and the resumable checkpoint
 (--checkpoint-every) each come every N steps or every N minutes, independently,
 and a checkpoint may fall inside an epoch (it keeps that epoch's order).
-Losses and metrics are over rows (kdcli/data/task.py). Model selection: the
+Losses and metrics are over rows (kdcli/task.py). Model selection: the
 weights after the last step; no step is chosen on the test set.
 """
 
@@ -23,10 +23,10 @@ import torch
 from kdcli.config import TrainConfig, parse_interval
 from kdcli.data.augment import augment
 from kdcli.data.base import Split
-from kdcli.data.task import ROW_METRICS, Task
 from kdcli.io.runs import CKPT_STATE
 from kdcli.losses.eager import kd_rows
 from kdcli.progress import Progress
+from kdcli.task import ROW_METRICS, Task
 from kdcli.teacher import TeacherRows
 from kdcli.train.schedule import lr_at, make_optimizer
 from kdcli.train.state import load_state, save_state

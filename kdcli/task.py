@@ -13,18 +13,29 @@ permutation of samples), which metric is primary, which way is better, and how
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+from kdcli.errors import ArtifactError
+
+if TYPE_CHECKING:  # torch is imported by what calls these methods; `kdcli report` never does
+    import torch
 
 IGNORE = -100  # a target that does not count (padding); F.cross_entropy's default ignore_index
 
+
+def _row_loss(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(s, y, reduction="none")
+
+
+def _row_correct(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return s.argmax(-1) == y
+
+
 # Test metrics by name: one value per counted row (logits [R, V], targets [R]); the mean over
 # rows is the metric.
-ROW_METRICS = {
-    "test_loss": lambda s, y: F.cross_entropy(s, y, reduction="none"),
-    "test_acc": lambda s, y: s.argmax(-1) == y,
-}
+ROW_METRICS = {"test_loss": _row_loss, "test_acc": _row_correct}
 
 # How PI is computed from the primary metric of a KD arm (a) and its label twin (b).
 PI_METHODS = {
@@ -52,6 +63,10 @@ class Task:
         assert self.pi in PI_METHODS, self.pi
 
     @property
+    def row_name(self) -> str:
+        return "sample" if self.kind == "classification" else "token position"
+
+    @property
     def row_dims(self) -> int:
         """Leading dimensions of a batch that index rows: [B] or [B, T]."""
         return 1 if self.kind == "classification" else 2
@@ -65,7 +80,10 @@ class Task:
         return targets.reshape(-1) != IGNORE if self.masked else None
 
     def feature_rows(self, features: torch.Tensor) -> torch.Tensor:
-        """Layer outputs [B, ..., D…] as one feature vector per row: [R, D]."""
+        """Layer outputs [B, ...] (sequence: [B, T, ...]) as one feature vector per row: [R, D].
+        An output with no dimension beyond the rows gives one feature per row."""
+        if features.ndim == self.row_dims:
+            features = features.unsqueeze(-1)
         return features.flatten(self.row_dims).flatten(0, self.row_dims - 1)
 
     def pi_value(self, arm: float, labels: float) -> float:
@@ -81,13 +99,16 @@ class Task:
         return {**asdict(self), "pi_definition": PI_METHODS[self.pi]}
 
     @classmethod
-    def from_record(cls, record: dict | None, num_classes: int | None = None) -> Task:
+    def from_record(cls, record: dict | None, num_classes: int | None = None, where: str = "run.json") -> Task:
         """The task a run.json recorded; runs of format 1 predate it and are classification."""
         if not record:
             return classification(num_classes or 0)
         known = {k: record[k] for k in ("kind", "outputs", "subsets", "metrics", "primary",
                                         "higher_is_better", "pi", "masked") if k in record}
-        return cls(**known)
+        try:
+            return cls(**known)
+        except (AssertionError, TypeError) as exc:
+            raise ArtifactError(f"{where}: not a task this kdcli knows ({record}; {exc})") from None
 
 
 def classification(num_classes: int) -> Task:
