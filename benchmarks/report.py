@@ -24,6 +24,9 @@ def make_tree(root: Path, n_runs: int) -> None:
     taus = [1.0, 4.0]
     i = 0
     seed = 0
+    TASK = {"kind": "classification", "outputs": 10, "subsets": "stratified",
+            "metrics": ["test_loss", "test_acc"], "primary": "test_acc", "higher_is_better": True,
+            "pi": "difference_points", "masked": False}
     while i < n_runs:
         for kappa in kappas:
             for tau in taus:
@@ -32,7 +35,8 @@ def make_tree(root: Path, n_runs: int) -> None:
                         continue
                     cfg = {"seed": seed, "subset_seed": 0, "kappa": kappa, "lr": 3e-3, "steps": 1500,
                            "model": "cnn1d", "label_smoothing": 0.0, "out": "x", "teacher": "t"}
-                    run = {"run_id": f"r{i}", "stage": stage, "config": cfg,
+                    run = {"format": "kdcli-run", "format_version": 2, "run_id": f"r{i}", "stage": stage,
+                           "config": cfg, "task": TASK,
                            "dataset": {"name": "mnist1d", "fingerprint": "F"},
                            "model": {"name": "cnn1d", "args": {"channels": 32}},
                            "subset": {"kappa": kappa, "size": int(kappa * 10000)},

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kdcli.losses import kd_loss
 from kdcli.task import Task
 from kdcli.teacher import TeacherRows
 
@@ -45,8 +46,6 @@ class KDLoss:
     label_smoothing: float = 0.0
 
     def __call__(self, logits, x, targets, positions) -> torch.Tensor:
-        from kdcli.losses import kd_loss
-
         t = self.teacher(positions, x) if self.teacher is not None else logits.detach()
         return kd_loss(logits, t, tau=self.tau, alpha=self.alpha, labels=targets,
                        mask=self.task.mask(targets), backend=self.backend,
