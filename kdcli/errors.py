@@ -9,6 +9,7 @@ class KdcliError(Exception):
     """Base class: a user-facing error with a message that says how to fix it."""
 
     exit_code = 1
+    label = "Error"  # how the CLI starts the message line
 
 
 class ConfigError(KdcliError):
@@ -21,3 +22,20 @@ class DataError(KdcliError):
 
 class ArtifactError(KdcliError):
     """A run directory, checkpoint or Parquet file is missing, corrupt or mismatched."""
+
+
+class Stopped(KdcliError):
+    """A signal stopped a run after it saved a checkpoint: resumable with --resume.
+
+    Exit status 130 for SIGINT (Ctrl-C), as shells expect; 75 (EX_TEMPFAIL, "try again")
+    for SIGTERM, the signal of a preemption, so a requeue script can tell "preempted,
+    resumable" from a failure.
+    """
+
+    label = "Stopped"
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        import signal
+
+        self.exit_code = 130 if signum == signal.SIGINT else 75

@@ -302,7 +302,7 @@ def test_teacher_with_damaged_weights(damage, teacher_copy, tmp_path):
     else:
         data = data[: len(data) // 2]
     weights.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="sha256") as info:
+    with pytest.raises(ArtifactError, match="sha256|truncated") as info:
         labels_from(teacher_copy, tmp_path / "s")
     assert "--teacher" in str(info.value)
     assert not (tmp_path / "s").exists()

@@ -163,6 +163,7 @@ def _other_fingerprint(raw: str) -> str:
     ("truncated", ArtifactError, "truncated"),
     ("not_parquet", ArtifactError, "Parquet"),
     ("nan", ArtifactError, "NaN"),
+    ("changed", ArtifactError, "do not match the sha256 recorded"),
 ])
 def test_bad_logits_files(logits_file, tmp_path, case, error, words):
     bad = tmp_path / "bad.parquet"
@@ -174,6 +175,14 @@ def test_bad_logits_files(logits_file, tmp_path, case, error, words):
         bad.write_bytes(logits_file.read_bytes()[: logits_file.stat().st_size // 2])
     elif case == "not_parquet":
         bad.write_text("this is not parquet\n")
+    elif case == "changed":  # one logit changed, the file otherwise valid (page checksums recomputed)
+        table = pq.read_table(logits_file)
+        logits = np.stack(table.column("logits").to_numpy(zero_copy_only=False)).astype(np.float32)
+        logits[3, 2] = 2.7e23
+        import pyarrow as pa
+
+        col = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])
+        pq.write_table(table.set_column(2, "logits", col), bad)
     else:
         table = pq.read_table(logits_file)
         logits = np.stack(table.column("logits").to_numpy(zero_copy_only=False)).astype(np.float32)
@@ -181,7 +190,15 @@ def test_bad_logits_files(logits_file, tmp_path, case, error, words):
         import pyarrow as pa
 
         col = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])
-        pq.write_table(table.set_column(2, "logits", col), bad)
+        # as a teacher that gave NaN would have written it: the recorded sha256 matches
+        from kdcli.io.logits import content_sha256
+
+        meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+        splits = np.asarray(table.column("split").to_pylist())
+        index = table.column("index").to_numpy()
+        meta["content_sha256"] = json.dumps({name: content_sha256([index[splits == name], logits[splits == name]])
+                                             for name in ("train", "test")})
+        pq.write_table(table.set_column(2, "logits", col).replace_schema_metadata(meta), bad)
     out = tmp_path / "kd"
     with pytest.raises(error, match=words):
         distill.run(_kd_fields(out, logits=str(bad), kappa=0.5))

@@ -18,6 +18,7 @@ from kdcli.config import TrainConfig, parse_interval
 from kdcli.errors import ArtifactError, ConfigError
 from kdcli.stages import train
 from kdcli.stages.inputs import resolve
+from kdcli.train.state import saved_progress
 from tests.conftest import InterruptAt, Interrupted, same_weights, tiny_config, weights
 
 # ---------------------------------------------------------------------------- intervals
@@ -58,7 +59,7 @@ def test_checkpoints_every_few_minutes(tmp_path, monkeypatch):
     out = tmp_path / "cut"
     with pytest.raises(Interrupted):
         train.run(tiny_config(out, checkpoint_every="1m", eval_every="0"), progress=InterruptAt(14))
-    assert json.loads((out / "checkpoint.json").read_text())["step"] == 13
+    assert saved_progress(out)["step"] == 13
     train.run(tiny_config(out, checkpoint_every="1m", eval_every="0", resume=True))
     assert same_weights(whole.run_dir, out)
 
@@ -67,7 +68,7 @@ def test_no_checkpoint_means_an_interrupted_run_starts_again(tmp_path):
     out = tmp_path / "r"
     with pytest.raises(Interrupted):
         train.run(tiny_config(out, checkpoint_every="0"), progress=InterruptAt(15))
-    assert not (out / "checkpoint.json").exists()
+    assert not (out / "checkpoint.safetensors").exists()
     assert not train.run(tiny_config(out, checkpoint_every="0", resume=True)).skipped
 
 
@@ -135,12 +136,12 @@ def test_example_sweep_point_killed_mid_run_resumes_to_identical_weights(tmp_pat
 
     proc = bash("kd_student 0.5 0 4", start_new_session=True)
     deadline = time.monotonic() + 120
-    while not (point / "checkpoint.json").exists() and time.monotonic() < deadline:
+    while not (point / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (point / "checkpoint.json").exists() and not (point / "run.json").exists()
-    killed_at = json.loads((point / "checkpoint.json").read_text())["step"]
+    assert (point / "checkpoint.safetensors").exists() and not (point / "run.json").exists()
+    killed_at = saved_progress(point)["step"]
     assert 0 < killed_at < 4000
 
     assert bash("kd_student 0.5 0 4").wait(timeout=300) == 0

@@ -38,6 +38,12 @@ def _register() -> None:
 _register()
 
 
+def _print_error(label: str, message: str) -> None:
+    from kdcli.cli.display import err_console
+
+    err_console.print(f"[bold red]{label}:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console script: library errors print one red `Error:` line and exit non-zero."""
     try:
@@ -45,12 +51,17 @@ def main() -> None:
     except KdcliError as exc:
         if os.environ.get("KDCLI_DEBUG"):
             raise
-        from kdcli.cli.display import err_console
-
-        err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+        _print_error(exc.label, str(exc))
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
+        _print_error("Stopped", "interrupted (SIGINT); nothing was saved")
         sys.exit(130)
+    except (ImportError, MemoryError) as exc:  # e.g. `import torch` under a tight memory limit
+        if os.environ.get("KDCLI_DEBUG"):
+            raise
+        _print_error("Error", f"{type(exc).__name__}: {exc or 'out of memory'} (a memory limit too "
+                     "low for PyTorch, or a broken installation)")
+        sys.exit(1)
     except OSError as exc:  # e.g. --out under a file, a read-only folder, a full disk
         if os.environ.get("KDCLI_DEBUG"):
             raise

@@ -25,6 +25,9 @@ def report_cmd(
     bootstrap: Annotated[int, typer.Option(
         help="Bootstrap CI with this many resamples instead of the t-interval (0 = t).")] = 0,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots with --out.")] = True,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Check every run's files against the sha256 in its run.json (reads them "
+                         "all); by default only their presence and size are checked.")] = False,
 ) -> None:
     """Pair students with their label-trained twins: PI per κ, τ, ε (for classification
     acc(arm) − acc(labels) in points; each run's task says which metric)."""
@@ -34,7 +37,8 @@ def report_cmd(
     from kdcli.stages import report
 
     cfg = report.ReportConfig(root=root, out=out, group_by=tuple(group_by or ()),
-                              filters=tuple(filter_ or ()), bootstrap=bootstrap, plots=plots)
+                              filters=tuple(filter_ or ()), bootstrap=bootstrap, plots=plots,
+                              verify=verify)
     result = report.run(cfg)
     ci_name = f"95% CI ({'bootstrap' if bootstrap else 't'})"
     table = Table(title=f"PI vs κ — {root}", header_style="bold")

@@ -26,7 +26,13 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     meta = encode(metadata)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=meta)
+        try:
+            save_file(flat, str(tmp), metadata=meta)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors raises its own error type for a full disk
+            raise ArtifactError(f"{path}: cannot write ({exc}); check the free space and "
+                                "permissions there") from None
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -39,7 +39,7 @@ def read_cka(path: str | Path, flag: str = "--out") -> tuple[list[dict], dict]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, page_checksum_verification=True)
     except Exception as exc:  # pyarrow raises several types for what is not Parquet
         raise ArtifactError(f"{flag} {path}: not a readable Parquet file ({exc})") from None
     meta = decode(table.schema.metadata or {})

@@ -17,6 +17,7 @@ no Python work per row.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from kdcli.errors import ArtifactError
 from kdcli.io.atomic import atomic_path
 from kdcli.io.meta import decode, encode
 
-LOGITS_FORMAT_VERSION = 1
+LOGITS_FORMAT_VERSION = 2  # 2: `content_sha256` per split, Parquet page checksums
+READABLE_VERSIONS = (1, 2)  # version-1 files cannot be checked: they are read as they are
 ROW_GROUP_ROWS = 65536
 
 
@@ -95,19 +97,33 @@ def write_logits(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarra
         return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=typ), width)
 
     if topk is None:
-        columns["logits"] = fixed(logits.astype(np_dtype), arrow_dtype, c)
+        stored = [logits.astype(np_dtype)]
+        columns["logits"] = fixed(stored[0], arrow_dtype, c)
     else:
         t = torch.from_numpy(logits)
         values, ids = t.topk(topk, dim=1)
-        columns["topk_logits"] = fixed(values.numpy().astype(np_dtype), arrow_dtype, topk)
-        columns["topk_ids"] = fixed(ids.numpy().astype(np.int32), pa.int32(), topk)
-        columns["lse"] = pa.array(torch.logsumexp(t, dim=1).numpy().astype(np.float32))
+        stored = [values.numpy().astype(np_dtype), ids.numpy().astype(np.int32),
+                  torch.logsumexp(t, dim=1).numpy().astype(np.float32)]
+        columns["topk_logits"] = fixed(stored[0], arrow_dtype, topk)
+        columns["topk_ids"] = fixed(stored[1], pa.int32(), topk)
+        columns["lse"] = pa.array(stored[2])
+    bounds = np.cumsum([0] + [len(ix) for ix, _ in splits.values()])
+    content = {name: content_sha256([index[a:b], *(arr[a:b] for arr in stored)])
+               for name, a, b in zip(splits, bounds[:-1], bounds[1:])}
     meta = {**metadata, "format": "kdcli-logits", "format_version": LOGITS_FORMAT_VERSION,
-            "num_classes": c, "dtype": dtype, "topk": topk or 0}
+            "num_classes": c, "dtype": dtype, "topk": topk or 0, "content_sha256": content}
     table = pa.table(columns).replace_schema_metadata(
         encode(meta))
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
+
+
+def content_sha256(arrays: list[np.ndarray]) -> str:
+    """sha256 over the bytes of a split's stored columns, in file order."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def read_metadata(path: str | Path, flag: str = "--logits") -> dict:
@@ -124,9 +140,9 @@ def read_metadata(path: str | Path, flag: str = "--logits") -> dict:
     decoded = decode(raw)
     if decoded.get("format") != "kdcli-logits":
         raise ArtifactError(f"{flag} {path}: not a kdcli logits file (no kdcli schema metadata)")
-    if decoded.get("format_version") != LOGITS_FORMAT_VERSION:
+    if decoded.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(f"{flag} {path}: logits format version {decoded.get('format_version')}, "
-                            f"this kdcli reads version {LOGITS_FORMAT_VERSION}")
+                            f"this kdcli reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     return decoded
 
 
@@ -143,27 +159,40 @@ def _flat(column) -> torch.Tensor:
 
 
 def read_logits(path: str | Path, split: str, flag: str = "--logits") -> TeacherLogits:
-    """Logits of one split as float32 tensors; non-finite values raise ArtifactError."""
+    """One split's logits as stored, checked before use: Parquet page checksums, the sha256 of
+    the split's contents recorded at write time, and no NaN or infinite value."""
     import pyarrow.parquet as pq
 
     meta = read_metadata(path, flag)
     try:
-        table = pq.read_table(path, memory_map=True, filters=[("split", "=", split)])
+        table = pq.read_table(path, memory_map=True, filters=[("split", "=", split)],
+                              page_checksum_verification=True)
     except Exception as exc:
-        raise ArtifactError(f"{flag} {path}: cannot read the {split} rows ({exc})") from None
+        raise ArtifactError(f"{flag} {path}: cannot read the {split} rows, the file is damaged "
+                            f"({exc}); dump the logits again (dump-logits --overwrite)") from None
     if table.num_rows == 0:
         raise ArtifactError(f"{flag} {path}: holds no {split!r} rows")
     c, k = int(meta["num_classes"]), int(meta["topk"])
     index = table.column("index").to_numpy()
     if k == 0:
         dense = _flat(table.column("logits")).reshape(-1, c)
+        _check_content(meta, split, [index, dense.numpy()], path, flag)
         _check_finite(dense, path, split, flag)
         return TeacherLogits(index, c, dense=dense)
     values = _flat(table.column("topk_logits")).reshape(-1, k)
-    ids = _flat(table.column("topk_ids")).long().reshape(-1, k)
+    ids = _flat(table.column("topk_ids")).reshape(-1, k)
     lse = torch.from_numpy(table.column("lse").to_numpy().astype(np.float32))
+    _check_content(meta, split, [index, values.numpy(), ids.numpy(), lse.numpy()], path, flag)
     _check_finite(torch.cat([values.float(), lse[:, None]], 1), path, split, flag)
-    return TeacherLogits(index, c, topk_values=values, topk_ids=ids, lse=lse)
+    return TeacherLogits(index, c, topk_values=values, topk_ids=ids.long(), lse=lse)
+
+
+def _check_content(meta: dict, split: str, arrays: list[np.ndarray], path, flag: str) -> None:
+    expected = (meta.get("content_sha256") or {}).get(split)
+    if meta["format_version"] >= 2 and content_sha256(arrays) != expected:
+        raise ArtifactError(f"{flag} {path}: the {split} rows do not match the sha256 recorded when "
+                            "they were written (the file is damaged); dump the logits again "
+                            "(dump-logits --overwrite)")
 
 
 def _check_finite(values: torch.Tensor, path, split: str, flag: str) -> None:

@@ -1,11 +1,19 @@
-"""Run directories: layout, status, and the one reader of completed runs (stages, cka and
-report all read run dirs through `read_run` / `load_run_json` / `scan`).
+"""Run directories: layout, the states a run dir can be in, and the one reader of completed
+runs (stages, cka and report all read run dirs through `inspect` / `read_run` / `scan`).
 
-    RUN/model.safetensors   weights + header metadata
-    RUN/metrics.parquet     one row per evaluation
-    RUN/subset.parquet      the κ subset's sample ids, in subset order
-    RUN/run.json            config, final metrics, provenance — written last (completion marker)
-    RUN/checkpoint.*        resumable training state; removed when the run completes
+    RUN/model.safetensors       weights + header metadata
+    RUN/metrics.parquet         one row per evaluation
+    RUN/subset.parquet          the κ subset's sample ids, in subset order
+    RUN/run.json                config, final metrics, artifact hashes, provenance — written
+                                last (the completion marker)
+    RUN/checkpoint.safetensors  resumable training state (one atomic file); removed when the
+                                run completes
+    RUN/.kdcli-XXXXXXXX.tmp     a write in progress (left behind only by a kill)
+
+States (`inspect`), whatever moment a kill came at: new (absent or empty), in-progress
+(kdcli files but no run.json; resumable when it holds a checkpoint), complete (run.json
+whose artifacts check out), damaged (run.json that cannot be read, or an artifact missing
+or not matching its recorded size or sha256), foreign (not empty, and nothing of kdcli's).
 """
 
 from __future__ import annotations
@@ -16,30 +24,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdcli.errors import ArtifactError
+from kdcli.io.atomic import is_temporary
 from kdcli.io.hashing import sha256_file
 
-RUN_FORMAT_VERSION = 2  # 2: records `task` and `recipe`; metrics rows per evaluation, by step
+RUN_FORMAT_VERSION = 2  # 2: records `task`, `recipe` and `artifact_bytes`; metrics rows per evaluation
 READABLE_VERSIONS = (1, 2)  # version 1 runs are classification (Task.from_record)
 RUN_JSON = "run.json"
 MODEL_FILE = "model.safetensors"
 METRICS_FILE = "metrics.parquet"
 SUBSET_FILE = "subset.parquet"
 CKPT_TENSORS = "checkpoint.safetensors"
-CKPT_STATE = "checkpoint.json"
+LEGACY_CKPT_STATE = "checkpoint.json"  # kdcli 0.1's second checkpoint file
+KDCLI_FILES = (RUN_JSON, MODEL_FILE, METRICS_FILE, SUBSET_FILE, CKPT_TENSORS, LEGACY_CKPT_STATE)
+REQUIRED = {"stage": str, "config": dict, "dataset": dict, "model": dict, "subset": dict, "final": dict}
 
 
-def run_status(path: str | Path) -> str:
-    """'new' (absent or empty), 'complete', 'partial' (resumable kdcli run) or 'foreign'."""
+@dataclass
+class RunDir:
+    state: str  # new, in-progress, complete, damaged or foreign
+    run: dict | None = None  # complete: its run.json
+    why: str = ""  # damaged: what is wrong
+    resumable: bool = False  # in-progress: it holds a checkpoint
+
+
+def inspect(path: str | Path, *, verify: str = "hash") -> RunDir:
+    """What a run dir is. A complete run's artifacts are checked against run.json: `hash`
+    (sha256 of every file), `size` (presence and byte size: cheap) or `none` (presence)."""
     path = Path(path)
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        return "new"
+    if not path.exists():
+        return RunDir("new")
     if not path.is_dir():
-        return "foreign"
-    if (path / RUN_JSON).is_file():
-        return "complete"
-    if (path / CKPT_STATE).is_file() or (path / MODEL_FILE).is_file() or (path / METRICS_FILE).is_file():
-        return "partial"
-    return "foreign"
+        return RunDir("foreign")
+    names = {p.name for p in path.iterdir()}
+    ours = {n for n in names if n in KDCLI_FILES or is_temporary(n)}
+    if not names:
+        return RunDir("new")
+    if not ours:
+        return RunDir("foreign")
+    if RUN_JSON in names:
+        try:
+            run = load_run_json(path, "--out")
+            verify_artifacts(path, run, verify, "--out")
+        except ArtifactError as exc:
+            return RunDir("damaged", why=str(exc))
+        return RunDir("complete", run)
+    return RunDir("in-progress", resumable=CKPT_TENSORS in names or LEGACY_CKPT_STATE in names)
+
+
+def verify_artifacts(path: str | Path, run: dict, how: str, flag: str) -> None:
+    """Check a run's files against what run.json recorded (see `inspect`)."""
+    sizes = run.get("artifact_bytes", {})
+    for name, sha in run.get("artifacts", {}).items():
+        f = Path(path) / name
+        if not f.is_file():
+            raise ArtifactError(f"{flag} {path}: {name} is missing (the run dir is damaged; redo it "
+                                "with --overwrite)")
+        if how in ("size", "hash") and name in sizes and f.stat().st_size != sizes[name]:
+            raise ArtifactError(f"{flag} {f}: {f.stat().st_size} bytes, run.json recorded {sizes[name]} "
+                                "(truncated or replaced; redo the run with --overwrite)")
+        if how == "hash" and sha256_file(f) != sha:
+            raise ArtifactError(f"{flag} {f}: sha256 does not match the one in run.json (modified, "
+                                "truncated or replaced; redo the run with --overwrite)")
 
 
 def load_run_json(path: str | Path, flag: str) -> dict:
@@ -50,32 +95,35 @@ def load_run_json(path: str | Path, flag: str) -> dict:
         run = json.loads(marker.read_text())
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{flag} {marker}: unreadable run.json ({exc})") from None
-    if not isinstance(run, dict) or run.get("format") != "kdcli-run" or not isinstance(run.get("config"), dict):
+    if not isinstance(run, dict) or run.get("format") != "kdcli-run":
         raise ArtifactError(f"{flag} {marker}: not a kdcli run.json")
+    bad = [k for k, kind in REQUIRED.items() if not isinstance(run.get(k), kind)]
+    if bad:
+        raise ArtifactError(f"{flag} {marker}: a kdcli run.json without {', '.join(bad)} (damaged)")
     if run.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(f"{flag} {marker}: run format version {run.get('format_version')}, "
                             f"this kdcli reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     from kdcli.task import Task
 
     Task.from_record(run.get("task"), where=f"{flag} {marker}")  # a malformed task: damaged
-    missing = [name for name in run.get("artifacts", {}) if not (path / name).is_file()]
-    if missing:
-        raise ArtifactError(f"{flag} {path}: {', '.join(missing)} missing (the run dir is damaged; "
-                            "rerun it with --overwrite)")
     run["dir"] = str(path.resolve())
     return run
 
 
 def read_run(path: str | Path, *, flag: str = "--teacher", verify: bool = True) -> dict:
-    """run.json of a completed run, after checking its weights still match their recorded hash."""
+    """run.json of a completed run, used as an input: its weights are checked against their
+    recorded sha256 (`verify`), every other artifact for presence and size."""
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"{flag} {path}: no such run directory")
     if not (path / RUN_JSON).is_file():
         what = "an incomplete kdcli run (no run.json; resume it with --resume)" \
-            if run_status(path) == "partial" else "not a kdcli run directory (no run.json)"
+            if inspect(path).state == "in-progress" else "not a kdcli run directory (no run.json)"
         raise ArtifactError(f"{flag} {path}: {what}")
     run = load_run_json(path, flag)
+    if not isinstance(run.get("artifacts"), dict) or MODEL_FILE not in run["artifacts"]:
+        raise ArtifactError(f"{flag} {path / RUN_JSON}: records no {MODEL_FILE} (damaged)")
+    verify_artifacts(path, run, "size", flag)
     if verify:
         weights = path / MODEL_FILE
         if sha256_file(weights) != run["artifacts"][MODEL_FILE]:
@@ -94,18 +142,21 @@ class Found:
     cka_files: list[str] = field(default_factory=list)
 
 
-def scan(root: str | Path) -> Found:
+def scan(root: str | Path, verify: str = "size") -> Found:
     """Every completed run under root (recursively), run dirs that have no run.json, run dirs
-    that cannot be read (listed with the reason, never skipped silently), and CKA files.
-    Reads run.json files only (plus a stat of each artifact), so it stays fast on thousands."""
+    that are damaged (listed with the reason, never skipped silently), and CKA files. Reads
+    run.json files and, by default, checks each artifact's presence and size (`verify`: see
+    `inspect`), so it stays fast on thousands of runs; `hash` reads every file."""
     found = Found()
     for dirpath, _dirs, files in os.walk(root):
         if RUN_JSON in files:
             try:
-                found.runs.append(load_run_json(dirpath, "run"))
+                run = load_run_json(dirpath, "run")
+                verify_artifacts(dirpath, run, verify, "run")
+                found.runs.append(run)
             except ArtifactError as exc:
                 found.damaged.append((dirpath, str(exc)))
-        elif {CKPT_STATE, MODEL_FILE, METRICS_FILE} & set(files):
+        elif set(KDCLI_FILES) & set(files):
             found.incomplete.append(dirpath)
         found.cka_files += [os.path.join(dirpath, f) for f in files
                             if f.endswith(".parquet") and f.startswith("cka")]

@@ -17,7 +17,7 @@ def write_table(path: str | Path, columns: dict[str, list | np.ndarray], metadat
     table = pa.table(columns)
     table = table.replace_schema_metadata(encode(metadata))
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, write_page_checksum=True)
 
 
 def write_metrics(path: str | Path, rows: list[dict], metadata: dict) -> None:

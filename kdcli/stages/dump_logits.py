@@ -15,7 +15,7 @@ import numpy as np
 from kdcli.config import DumpConfig
 from kdcli.data import dataset_from_description
 from kdcli.errors import ArtifactError, ConfigError
-from kdcli.io.logits import read_metadata, write_logits
+from kdcli.io.logits import read_logits, read_metadata, write_logits
 from kdcli.io.provenance import now_iso, provenance
 from kdcli.progress import Progress
 from kdcli.teacher import resolve_teacher
@@ -46,6 +46,8 @@ def run(cfg: DumpConfig, progress: Progress | None = None) -> DumpResult:
         if not same:
             raise ArtifactError(f"--out {out}: holds logits of another teacher or other settings; "
                                 "pass --overwrite to replace them")
+        for split in ("train", "test"):  # skipped only when whole: a damaged file is named
+            read_logits(out, split, "--out")
         return DumpResult(out, True, {}, meta)
 
     dataset = dataset_from_description(teacher.dataset, cfg.data_dir, f"--teacher {cfg.teacher}")

@@ -12,6 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import shutil
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,7 @@ class ReportConfig:
     filters: tuple[str, ...] = ()  # KEY=VALUE on run config fields (or `stage`, `dataset`)
     bootstrap: int = 0  # >0: bootstrap CI with this many resamples instead of the t-interval
     plots: bool = True
+    verify: bool = False  # sha256 of every artifact (default: presence and size only)
 
     def __post_init__(self):
         if self.bootstrap < 0 or self.bootstrap == 1:
@@ -151,7 +155,7 @@ def run(cfg: ReportConfig) -> ReportResult:
         if not sep:
             raise ConfigError(f"--filter {item!r}: expected KEY=VALUE (e.g. model=cnn1d, tau=4)")
         filters.append((key, value))
-    found = scan(cfg.root)
+    found = scan(cfg.root, verify="hash" if cfg.verify else "size")
     known = {"stage", "dataset"} | {k for r in found.runs for k in r["config"]}
     for key, _ in filters:
         if key.replace("-", "_") not in known:
@@ -194,7 +198,37 @@ def _markdown(title: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+REPORT_SUFFIXES = (".csv", ".md", ".json", ".png")
+
+
 def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
+    """Write every table and plot into a new folder beside --out, then swap it into place, so
+    --out holds one report whole (the old one, or the new one), whatever moment a kill comes."""
+    out = Path(out)
+    if out.exists():
+        names = [p.name for p in out.iterdir()] if out.is_dir() else None
+        if names is None or (names and ("report.json" not in names or
+                                        any(not n.endswith(REPORT_SUFFIXES) for n in names))):
+            raise ArtifactError(f"--out {out}: exists and is not a kdcli report folder (it would be "
+                                "replaced whole); choose a folder of its own")
+    token = uuid.uuid4().hex[:8]
+    staging, old = out.parent / f".kdcli-report-{token}.tmp", out.parent / f".kdcli-old-{token}.tmp"
+    try:
+        staging.mkdir(parents=True)
+        written = _write_into(result, staging, plots)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staging, out)
+    except OSError as exc:
+        raise ArtifactError(f"--out {out}: cannot write the report ({exc.strerror or exc}); check the "
+                            "free space and permissions there") from None
+    finally:
+        for folder in (staging, old):
+            shutil.rmtree(folder, ignore_errors=True)
+    return [out / p.name for p in written]
+
+
+def _write_into(result: ReportResult, out: Path, plots: bool) -> list[Path]:
     from kdcli.report import plots as P
 
     written = []

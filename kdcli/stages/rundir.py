@@ -8,7 +8,6 @@ completion marker.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -17,12 +16,14 @@ from pathlib import Path
 from kdcli.config import TrainConfig
 from kdcli.errors import ArtifactError
 from kdcli.io import runs
-from kdcli.io.atomic import write_json
+from kdcli.io.atomic import clear_temporaries, write_json
 from kdcli.io.checkpoint import save_model
 from kdcli.io.hashing import sha256_file
 from kdcli.io.provenance import provenance
 from kdcli.io.tables import write_metrics, write_table
-from kdcli.train.state import STATE_VERSION, clear_state
+from kdcli.train.state import clear_state, saved_progress
+
+ARTIFACTS = (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE)
 
 
 @dataclass
@@ -34,39 +35,36 @@ class RunResult:
 
 
 def decide(cfg: TrainConfig) -> str:
-    """What to do with --out, given the resolved settings: 'skip', 'fresh' or 'resume'."""
-    status = runs.run_status(cfg.out)
-    if status == "foreign":
-        raise ArtifactError(f"--out {cfg.out}: exists and is not a kdcli run directory; "
-                            "choose an empty or new directory")
-    if status == "complete":
-        if cfg.overwrite:
-            return "fresh"
-        saved = runs.load_run_json(cfg.out, "--out")["config"]
-        _refuse_changes(cfg, saved, f"--out {cfg.out}: holds a completed run made with other settings",
+    """What to do with --out, given the resolved settings: 'skip', 'fresh' or 'resume'.
+
+    new → fresh. complete (artifacts verified) → skip when made with these settings, refused
+    when made with others. damaged → refused. in-progress with a checkpoint → resume with
+    --resume, refused without. in-progress without one (killed before its first checkpoint)
+    → fresh: there is nothing to keep. --overwrite makes anything kdcli made fresh; a foreign
+    folder is always refused.
+    """
+    d = runs.inspect(cfg.out)
+    out = f"--out {cfg.out}"
+    if d.state == "foreign":
+        raise ArtifactError(f"{out}: exists and is not a kdcli run directory; choose an empty or new "
+                            "directory")
+    if cfg.overwrite or d.state == "new":
+        return "fresh"
+    if d.state == "damaged":
+        raise ArtifactError(f"{d.why.removesuffix('.')}; --overwrite redoes the run")
+    if d.state == "complete":
+        _refuse_changes(cfg, d.run["config"], f"{out}: holds a completed run made with other settings",
                         "choose another --out or pass --overwrite")
         return "skip"
-    if status == "partial":
-        if cfg.overwrite:
-            return "fresh"
-        if not cfg.resume:
-            raise ArtifactError(f"--out {cfg.out}: holds an interrupted run; pass --resume to continue "
-                                "it or --overwrite to start again")
-        state = Path(cfg.out) / runs.CKPT_STATE
-        if not state.is_file():
-            raise ArtifactError(f"--out {cfg.out}: interrupted before its first checkpoint; "
-                                "nothing to resume, use --overwrite")
-        try:
-            saved = json.loads(state.read_text())
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"{state}: unreadable training state ({exc}); use --overwrite") from None
-        if not isinstance(saved, dict) or saved.get("state_version") != STATE_VERSION:
-            raise ArtifactError(f"{state}: not a checkpoint of this kdcli (an older, epoch-based one?); "
-                                "it cannot be resumed, use --overwrite")
-        _refuse_changes(cfg, saved.get("config") or {}, f"--resume: {cfg.out} was started with "
-                        "different settings", "use the same flags or --overwrite")
-        return "resume"
-    return "fresh"  # with --resume too: a slurm re-run resumes what it can and starts the rest
+    if not d.resumable:
+        return "fresh"
+    if not cfg.resume:
+        raise ArtifactError(f"{out}: holds an interrupted run; pass --resume to continue it or "
+                            "--overwrite to start again")
+    saved = saved_progress(Path(cfg.out))  # checked whole before anything runs
+    _refuse_changes(cfg, saved.get("config") or {}, f"--resume: {cfg.out} was started with "
+                    "different settings", "use the same flags or --overwrite")
+    return "resume"
 
 
 def _where(key: str, value):
@@ -87,14 +85,17 @@ def skipped(cfg: TrainConfig) -> RunResult:
     return RunResult(Path(cfg.out), True, runs.load_run_json(cfg.out, "--out"))
 
 
+
 def start(cfg: TrainConfig, action: str) -> Path:
+    """Make --out ready: a fresh run clears what kdcli made there (never other files); both
+    clear the temporary files a killed writer left."""
     out = Path(cfg.out)
-    if action == "fresh" and out.exists():
-        # --overwrite: drop the completion marker first so a half-replaced dir never looks complete.
-        (out / runs.RUN_JSON).unlink(missing_ok=True)
-        for name in (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE):
-            (out / name).unlink(missing_ok=True)
-        clear_state(out)
+    if out.exists():
+        if action == "fresh":
+            # the completion marker first, so a half-cleared dir never looks complete
+            for name in runs.KDCLI_FILES:
+                (out / name).unlink(missing_ok=True)
+        clear_temporaries(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -132,8 +133,8 @@ def finish(p, out: Path, rows: list[dict], started: str, info: dict) -> dict:
         "teacher": None if p.teacher is None else p.teacher.record(),
         "selection": "last step (no model selection on the test set)",
         "final": rows[-1],
-        "artifacts": {name: sha256_file(out / name)
-                      for name in (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE)},
+        "artifacts": {name: sha256_file(out / name) for name in ARTIFACTS},
+        "artifact_bytes": {name: (out / name).stat().st_size for name in ARTIFACTS},
         "provenance": provenance(started=started, inputs=inputs,
                                  seeds={"seed": cfg.seed, "subset_seed": cfg.subset_seed}),
     }

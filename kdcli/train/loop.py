@@ -23,12 +23,14 @@ import torch
 from kdcli.config import TrainConfig, parse_interval
 from kdcli.data.augment import augment
 from kdcli.data.base import Split
-from kdcli.io.runs import CKPT_STATE
+from kdcli.errors import Stopped
+from kdcli.io.runs import CKPT_TENSORS
 from kdcli.losses.eager import kd_rows
 from kdcli.progress import Progress
 from kdcli.task import ROW_METRICS, Task
 from kdcli.teacher import TeacherRows
 from kdcli.train.schedule import lr_at, make_optimizer
+from kdcli.train.signals import StopOnSignal
 from kdcli.train.state import load_state, save_state
 
 # objective(student_logits, inputs, targets, positions in the training split) -> 0-d loss
@@ -151,7 +153,7 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, test: Split, *, 
     step = 0
     perm = None
     meter = TrainMeter.zeros(device)
-    if cfg.resume and (run_dir / CKPT_STATE).is_file():
+    if cfg.resume and (run_dir / CKPT_TENSORS).is_file():
         saved = load_state(run_dir, model=model, optimizer=optimizer, generators=generators)
         step, rows = saved.progress["step"], saved.progress["rows"]
         perm = saved.tensors["order.perm"].to(device)
@@ -164,37 +166,46 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, test: Split, *, 
     progress.start(total, step)
     model.train()
     lr = lr_at(cfg, step, total, per_epoch)
-    while step < total:
-        b = step % per_epoch
-        if b == 0:
-            perm = torch.randperm(len(y), generator=generators["order"]).to(device)
-        pos = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-        xb, yb = x[pos], y[pos]
-        if cfg.augment:
-            xb = augment(xb, generators["augment"])
-        xb = model_input(xb)
-        lr = lr_at(cfg, step, total, per_epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        logits = model(xb)
-        loss = objective(logits, xb, yb, pos)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        meter.add(loss, logits, yb, task)
-        progress.advance(step)
-        if step == total or evals.due(step):
-            row = {"step": step, "epoch": step / per_epoch, **meter.row(), "lr": lr,
-                   **evaluate(model, test, task, model_input, cfg.eval_batch_size, device, teacher_test)}
-            rows.append(row)
-            progress.metrics(row)
-            meter = TrainMeter.zeros(device)
-        if step < total and checkpoints.due(step):
-            save_state(run_dir, model=model, optimizer=optimizer, generators=generators,
-                       tensors={"order.perm": perm, "meter.loss_sum": meter.loss_sum,
-                                "meter.correct": meter.correct, "meter.rows": meter.rows},
-                       progress={"step": step, "rows": rows, "config": cfg.compared_fields()})
+
+    def checkpoint() -> None:
+        save_state(run_dir, model=model, optimizer=optimizer, generators=generators,
+                   tensors={"order.perm": perm, "meter.loss_sum": meter.loss_sum,
+                            "meter.correct": meter.correct, "meter.rows": meter.rows},
+                   progress={"step": step, "rows": rows, "config": cfg.compared_fields()})
+
+    with StopOnSignal() as stop:
+        while step < total:
+            b = step % per_epoch
+            if b == 0:
+                perm = torch.randperm(len(y), generator=generators["order"]).to(device)
+            pos = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            xb, yb = x[pos], y[pos]
+            if cfg.augment:
+                xb = augment(xb, generators["augment"])
+            xb = model_input(xb)
+            lr = lr_at(cfg, step, total, per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = model(xb)
+            loss = objective(logits, xb, yb, pos)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            meter.add(loss, logits, yb, task)
+            progress.advance(step)
+            if step == total or evals.due(step):
+                row = {"step": step, "epoch": step / per_epoch, **meter.row(), "lr": lr,
+                       **evaluate(model, test, task, model_input, cfg.eval_batch_size, device, teacher_test)}
+                rows.append(row)
+                progress.metrics(row)
+                meter = TrainMeter.zeros(device)
+            if step < total and (checkpoints.due(step) or stop.signum is not None):
+                checkpoint()
+            if step < total and stop.signum is not None:
+                raise Stopped(f"{stop.name} at step {step} of {total}; a checkpoint is saved in "
+                              f"{run_dir}: run the same command with --resume to continue",
+                              stop.signum)
     return rows

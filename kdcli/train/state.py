@@ -1,13 +1,15 @@
 """Resumable training state: weights, optimiser, RNG streams, the loop's own tensors (the
 epoch's order, running train metrics) and the metrics rows so far.
 
-Tensors go to RUN/checkpoint.safetensors, the rest to RUN/checkpoint.json,
-which is written second and records the tensors' sha256, so a crash between
-the two writes is detected instead of resuming from a mismatched pair.
+Everything goes to one file, RUN/checkpoint.safetensors, written atomically: the tensors,
+and in the header the progress, the optimiser's other state and a sha256 of the tensors'
+contents. A kill at any moment leaves the previous checkpoint whole or the new one whole,
+never a mismatched pair, and damage (bit rot, truncation) is detected before a resume.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,18 +17,26 @@ from pathlib import Path
 import torch
 
 from kdcli.errors import ArtifactError
-from kdcli.io.atomic import write_json
 from kdcli.io.checkpoint import load_tensors, save_tensors
-from kdcli.io.hashing import sha256_file
-from kdcli.io.runs import CKPT_STATE, CKPT_TENSORS
+from kdcli.io.runs import CKPT_TENSORS, LEGACY_CKPT_STATE
 
-STATE_VERSION = 2  # 2: step-based (checkpoints inside an epoch keep its order)
+STATE_VERSION = "3"  # 3: one file; 2: step-based, two files; 1: epoch-based
 
 
 @dataclass
 class SavedState:
     progress: dict  # what save_state was given as `progress`
     tensors: dict[str, torch.Tensor]  # the loop's own tensors, as given to save_state
+
+
+def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_state(run_dir: Path, *, model, optimizer, generators: dict[str, torch.Generator],
@@ -47,46 +57,63 @@ def save_state(run_dir: Path, *, model, optimizer, generators: dict[str, torch.G
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors.update({f"rng.cuda.{i}": st for i, st in enumerate(torch.cuda.get_rng_state_all())})
-    save_tensors(run_dir / CKPT_TENSORS, tensors, {"format": "kdcli-train-state"})
-    write_json(run_dir / CKPT_STATE, {
+    save_tensors(run_dir / CKPT_TENSORS, tensors, {
+        "format": "kdcli-train-state",
         "state_version": STATE_VERSION,
-        **progress,
+        "progress": progress,
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
-        "tensors_sha256": sha256_file(run_dir / CKPT_TENSORS),
+        "tensors_sha256": content_sha256(tensors),
     })
+
+
+def read_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The checkpoint's tensors and decoded header, checked whole; ArtifactError if it is not
+    a checkpoint this kdcli can resume from."""
+    path = Path(run_dir) / CKPT_TENSORS
+    if (Path(run_dir) / LEGACY_CKPT_STATE).is_file():
+        raise ArtifactError(f"{path}: a checkpoint of an older kdcli (two files); it cannot be "
+                            "resumed by this one, use --overwrite")
+    tensors, meta = load_tensors(path)
+    try:
+        header = {k: json.loads(meta[k]) for k in ("progress", "optimizer")}
+        version, expected = meta["state_version"], meta["tensors_sha256"]
+    except (KeyError, ValueError):
+        raise ArtifactError(f"{path}: not a kdcli training checkpoint; use --overwrite") from None
+    if meta.get("format") != "kdcli-train-state" or version != STATE_VERSION:
+        raise ArtifactError(f"{path}: a checkpoint of another kdcli version ({version}); it cannot "
+                            "be resumed by this one, use --overwrite")
+    if content_sha256(tensors) != expected:
+        raise ArtifactError(f"{path}: its contents do not match the sha256 recorded in it (damaged); "
+                            "use --overwrite")
+    return tensors, header
+
+
+def saved_progress(run_dir: Path) -> dict:
+    """The progress a checkpoint holds (step, rows, the settings), after checking it."""
+    return read_state(run_dir)[1]["progress"]
 
 
 def load_state(run_dir: Path, *, model, optimizer, generators: dict[str, torch.Generator]) -> SavedState:
     """Restore the model, optimiser and RNG streams saved by save_state; return the rest."""
-    state_path = run_dir / CKPT_STATE
-    try:
-        state = json.loads(state_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{state_path}: unreadable training state ({exc}); use --overwrite") from None
-    if state.get("state_version") != STATE_VERSION:
-        raise ArtifactError(f"{state_path}: a checkpoint of an older kdcli (epoch-based); it cannot be "
-                            "resumed by this one, use --overwrite")
-    if sha256_file(run_dir / CKPT_TENSORS) != state["tensors_sha256"]:
-        raise ArtifactError(f"{run_dir / CKPT_TENSORS}: does not match {CKPT_STATE}; use --overwrite")
-    tensors, _ = load_tensors(run_dir / CKPT_TENSORS)
+    tensors, header = read_state(run_dir)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, pid, name = key.split(".", 2)
             opt_state.setdefault(int(pid), {})[name] = value
-    for pid, entries in state["optimizer"]["scalars"].items():
+    for pid, entries in header["optimizer"]["scalars"].items():
         opt_state.setdefault(int(pid), {}).update(entries)
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+    optimizer.load_state_dict({"state": opt_state, "param_groups": header["optimizer"]["param_groups"]})
     for name, gen in generators.items():
         gen.set_state(tensors[f"rng.{name}"])
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
-    return SavedState(state, {k[5:]: v for k, v in tensors.items() if k.startswith("loop.")})
+    return SavedState(header["progress"], {k[5:]: v for k, v in tensors.items() if k.startswith("loop.")})
 
 
 def clear_state(run_dir: Path) -> None:
-    for name in (CKPT_STATE, CKPT_TENSORS):
-        (run_dir / name).unlink(missing_ok=True)
+    for name in (CKPT_TENSORS, LEGACY_CKPT_STATE):
+        (Path(run_dir) / name).unlink(missing_ok=True)
