@@ -122,7 +122,7 @@ def content_sha256(arrays: list[np.ndarray]) -> str:
     """sha256 over the bytes of a split's stored columns, in file order."""
     h = hashlib.sha256()
     for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 

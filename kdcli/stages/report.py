@@ -211,6 +211,9 @@ def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
                                         any(not n.endswith(REPORT_SUFFIXES) for n in names))):
             raise ArtifactError(f"--out {out}: exists and is not a kdcli report folder (it would be "
                                 "replaced whole); choose a folder of its own")
+    for stale in out.parent.glob(".kdcli-*-*.tmp") if out.parent.is_dir() else ():
+        if stale.is_dir() and stale.name.startswith((".kdcli-report-", ".kdcli-old-")):
+            shutil.rmtree(stale, ignore_errors=True)  # what a killed report left
     token = uuid.uuid4().hex[:8]
     staging, old = out.parent / f".kdcli-report-{token}.tmp", out.parent / f".kdcli-old-{token}.tmp"
     try:

@@ -1,0 +1,375 @@
+"""Faults: kills at named writes (KDCLI_FAULT) and at random moments, signals, damaged
+artifacts, full disks and odd paths. Each case ends in a state with a way forward and one
+clear line, never a traceback, a stuck run dir or a damaged file trusted."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdcli.config import DumpConfig
+from kdcli.errors import ArtifactError
+from kdcli.stages import dump_logits, report, train
+from kdcli.train.state import saved_progress
+from tests.conftest import same_weights, tiny_config
+
+KDCLI = str(Path(sys.executable).parent / "kdcli")
+# A = --dataset digits --model mlp: 1,437 samples, 12 steps per epoch
+A = ["--dataset", "digits", "--model", "mlp", "--threads", "1", "--quiet", "--device", "cpu"]
+
+
+def kdcli(*args: str, fault: str | None = None, check: bool | None = None, **popen):
+    env = {k: v for k, v in os.environ.items() if k not in ("KDCLI_FAULT", "KDCLI_DEBUG")}
+    if fault:
+        env["KDCLI_FAULT"] = fault
+    proc = subprocess.run([KDCLI, *args], env=env, capture_output=True, text=True, timeout=300, **popen)
+    if check is not None:
+        assert (proc.returncode == 0) == check, proc.stderr
+    return proc
+
+
+def stray(folder: Path) -> list[str]:
+    return sorted(p.name for p in Path(folder).rglob("*") if p.name.endswith(".tmp"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run of the command the fault tests interrupt."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    kdcli("train-teacher", "--out", str(out), *A, "--epochs", "3", "--checkpoint-every", "5", check=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- 1, 2: kills at writes
+
+
+@pytest.mark.slow  # subprocesses: a few seconds each
+@pytest.mark.parametrize("fault", [
+    "before:checkpoint.safetensors",  # inside the first checkpoint write: only a temporary file
+    "after:checkpoint.safetensors",  # right after it
+    "before:checkpoint.safetensors@3",  # inside a later one: the previous stays whole
+    "before:model.safetensors",  # while finishing: checkpoint, no run.json
+    "before:run.json",  # every artifact written but the completion marker
+])
+def test_a_kill_at_a_write_resumes_to_the_same_weights(fault, reference, tmp_path):
+    out = tmp_path / "run"
+    args = ["train-teacher", "--out", str(out), *A, "--epochs", "3", "--checkpoint-every", "5"]
+    killed = kdcli(*args, fault=fault)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "run.json").exists()
+    kdcli(*args, "--resume", check=True)
+    assert same_weights(reference, out) and stray(out) == []
+
+
+@pytest.mark.slow  # subprocesses: a few seconds each
+@pytest.mark.parametrize("leftover", [".checkpoint.safetensors.abcd1234.tmp", ".kdcli-abcd1234.tmp"])
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_a_dir_holding_only_a_temporary_file_is_not_stuck(leftover, flag, tmp_path):
+    out = tmp_path / "T1"
+    out.mkdir()
+    (out / leftover).write_bytes(b"half a checkpoint")
+    kdcli("train-teacher", "--out", str(out), *A, "--epochs", "1", flag, check=True)
+    assert (out / "run.json").exists() and stray(out) == []
+
+
+@pytest.mark.slow  # subprocesses: a few seconds each
+def test_an_older_two_file_checkpoint_is_refused_then_overwritten(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "checkpoint.safetensors").write_bytes(b"x")
+    (out / "checkpoint.json").write_text("{}")
+    proc = kdcli("train-teacher", "--out", str(out), *A, "--epochs", "1", "--resume")
+    assert proc.returncode == 1 and "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    kdcli("train-teacher", "--out", str(out), *A, "--epochs", "1", "--overwrite", check=True)
+    assert not (out / "checkpoint.json").exists()
+
+
+def test_a_damaged_checkpoint_is_named_before_any_work(tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError):
+        train.run(tiny_config(out, epochs=3, checkpoint_every="10"), progress=_StopAt(15))
+    data = bytearray((out / "checkpoint.safetensors").read_bytes())
+    data[-3] ^= 0x40  # bit rot in the last tensor
+    (out / "checkpoint.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="do not match the sha256.*--overwrite"):
+        train.run(tiny_config(out, epochs=3, checkpoint_every="10", resume=True))
+
+
+class _StopAt:
+    def __init__(self, step):
+        self.step = step
+
+    def start(self, total, done=0): ...
+    def metrics(self, row): ...
+
+    def advance(self, done=None):
+        if done == self.step:
+            raise RuntimeError("stop")
+
+
+# ---------------------------------------------------------------------------- 3: damaged artifacts
+
+
+def test_damaged_completed_runs_are_not_skipped_and_not_counted(tmp_path):
+    runs = {}
+    for name in ("metrics_gone", "weights_damaged", "fine"):
+        runs[name] = train.run(tiny_config(tmp_path / name, stage="train-teacher", epochs=1))
+    (tmp_path / "metrics_gone" / "metrics.parquet").unlink()
+    w = tmp_path / "weights_damaged" / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    for name in ("metrics_gone", "weights_damaged"):
+        with pytest.raises(ArtifactError, match="--overwrite"):
+            train.run(tiny_config(tmp_path / name, stage="train-teacher", epochs=1))
+    assert train.run(tiny_config(tmp_path / "fine", stage="train-teacher", epochs=1)).skipped
+    redone = train.run(tiny_config(tmp_path / "weights_damaged", stage="train-teacher", epochs=1,
+                                   overwrite=True))
+    assert same_weights(redone.run_dir, runs["fine"].run_dir)
+
+    (tmp_path / "metrics_gone" / "metrics.parquet").write_bytes(b"")  # back, but truncated
+    found = report.run(report.ReportConfig(root=str(tmp_path)))
+    assert [Path(p).name for p, _ in found.scan.damaged] == ["metrics_gone"]
+    w = tmp_path / "fine" / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF  # same size: only --verify sees it
+    w.write_bytes(bytes(data))
+    assert len(report.run(report.ReportConfig(root=str(tmp_path))).scan.damaged) == 1
+    verified = report.run(report.ReportConfig(root=str(tmp_path), verify=True))
+    assert sorted(Path(p).name for p, _ in verified.scan.damaged) == ["fine", "metrics_gone"]
+
+
+def test_a_damaged_logits_file_is_not_skipped_by_dump_logits(teacher_run, tmp_path):
+    out = tmp_path / "l.parquet"
+    cfg = DumpConfig(teacher=str(teacher_run), out=str(out), device="cpu")
+    dump_logits.run(cfg)
+    assert dump_logits.run(cfg).skipped
+    data = bytearray(out.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 4] = b"\xff\xff\xff\x7f"  # four flipped bytes in the data
+    out.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="damaged.*--overwrite"):
+        dump_logits.run(cfg)
+    dump_logits.run(DumpConfig(**{**cfg.__dict__, "overwrite": True}))
+    assert dump_logits.run(cfg).skipped
+
+
+# ---------------------------------------------------------------------------- 4: signals
+
+
+@pytest.mark.slow  # subprocesses: a few seconds each
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 75), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_and_says_so(sig, status, tmp_path):
+    out = tmp_path / "run"
+    args = ["train-teacher", "--out", str(out), *A, "--epochs", "400", "--checkpoint-every", "1000",
+            "--eval-every", "0"]
+    proc = subprocess.Popen([KDCLI, *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sent = time.time()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err
+    assert "Stopped:" in err and f"{signal.Signals(sig).name} at step" in err and "--resume" in err
+    assert 1000 <= saved_progress(out)["step"] < 4800
+    assert (out / "checkpoint.safetensors").stat().st_mtime >= sent - 0.05  # saved at the signal
+    assert not (out / "run.json").exists() and stray(out) == []
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    args = ["train-teacher", *A, "--epochs", "150", "--checkpoint-every", "300", "--eval-every", "0"]
+    kdcli(*args, "--out", str(tmp_path / "whole"), check=True)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([KDCLI, *args, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 75 and 0 < saved_progress(out)["step"] < 1800
+    kdcli(*args, "--out", str(out), "--resume", check=True)
+    assert same_weights(tmp_path / "whole", out)
+
+
+# ---------------------------------------------------------------------------- 5: one line, not a traceback
+
+
+def one_line(proc) -> str:
+    assert proc.returncode not in (0, None), proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.slow  # subprocesses: a few seconds each
+def test_invalid_or_incomplete_run_json(teacher_run, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "run.json").write_text("{not json")
+    (bad / "model.safetensors").write_bytes(b"x")
+    assert "unreadable run.json" in one_line(kdcli("train-teacher", "--out", str(bad), *A, "--epochs", "1"))
+    kdcli("train-teacher", "--out", str(bad), *A, "--epochs", "1", "--overwrite", check=True)
+
+    no_artifacts = tmp_path / "t"
+    no_artifacts.mkdir()
+    run = json.loads((teacher_run / "run.json").read_text())
+    del run["artifacts"]
+    (no_artifacts / "run.json").write_text(json.dumps(run))
+    (no_artifacts / "model.safetensors").write_bytes((teacher_run / "model.safetensors").read_bytes())
+    assert "records no model.safetensors" in one_line(
+        kdcli("dump-logits", "--teacher", str(no_artifacts), "--out", str(tmp_path / "l.parquet")))
+    assert "records no model.safetensors" in one_line(
+        kdcli("cka", str(no_artifacts), str(teacher_run), "--out", str(tmp_path / "c.parquet")))
+
+
+def test_a_run_json_without_dataset_is_listed_not_fatal(teacher_run, tmp_path):
+    import shutil
+
+    shutil.copytree(teacher_run, tmp_path / "ok")
+    shutil.copytree(teacher_run, tmp_path / "broken")
+    run = json.loads((tmp_path / "broken" / "run.json").read_text())
+    del run["dataset"]
+    (tmp_path / "broken" / "run.json").write_text(json.dumps(run))
+    found = report.run(report.ReportConfig(root=str(tmp_path)))
+    assert len(found.scan.runs) == 1
+    ((path, why),) = found.scan.damaged
+    assert Path(path).name == "broken" and "without dataset" in why
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    def full(*args, **kw):
+        raise safetensors.SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(ArtifactError, match=r"checkpoint.safetensors: cannot write.*No space left"):
+        train.run(tiny_config(tmp_path / "r", checkpoint_every="5"))
+    monkeypatch.undo()
+
+    from kdcli.io import atomic
+
+    def enospc(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", enospc)
+    with pytest.raises(ArtifactError, match=r"x\.json: cannot write \(No space left on device\)"):
+        atomic.write_json(tmp_path / "x.json", {"a": 1})
+
+
+@pytest.mark.slow  # subprocesses: a few seconds each
+def test_a_failing_torch_import_is_one_line(tmp_path):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "torch.py").write_text("raise MemoryError\n")
+    env = {**os.environ, "PYTHONPATH": str(fake)}
+    env.pop("KDCLI_DEBUG", None)
+    proc = subprocess.run([KDCLI, "train-teacher", "--out", str(tmp_path / "r"), *A], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "MemoryError" in one_line(proc)
+
+
+# ---------------------------------------------------------------------------- 6: smaller findings
+
+
+@pytest.mark.slow  # subprocesses: a few seconds each
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(reference, tmp_path):
+    out = tmp_path / "run"
+    args = ["train-teacher", "--out", str(out), *A, "--epochs", "3", "--checkpoint-every", "0"]
+    assert kdcli(*args, fault="before:metrics.parquet").returncode == -signal.SIGKILL
+    assert (out / "model.safetensors").exists() and not (out / "checkpoint.safetensors").exists()
+    kdcli(*args, "--resume", check=True)
+    assert same_weights(reference, out)
+
+
+def test_files_get_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        res = train.run(tiny_config(tmp_path / "r", epochs=1))
+    finally:
+        os.umask(old)
+    for p in res.run_dir.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p.name
+
+
+def test_the_same_teacher_by_another_path_resumes(teacher_run, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    kw = dict(kappa=0.5, epochs=3, checkpoint_every="3")
+    with pytest.raises(RuntimeError):
+        train.run(tiny_config(out, teacher=str(teacher_run), **kw), progress=_StopAt(10))
+    monkeypatch.chdir(teacher_run.parent)
+    res = train.run(tiny_config(out, teacher=teacher_run.name, resume=True, **kw))
+    assert not res.skipped and res.rows[-1]["step"] == 15
+
+
+def test_a_long_legal_file_name_is_written(teacher_run, tmp_path):
+    out = tmp_path / ("l" * 240 + ".parquet")  # 248 characters
+    dump_logits.run(DumpConfig(teacher=str(teacher_run), out=str(out), device="cpu"))
+    assert out.exists() and stray(tmp_path) == []
+
+
+def test_report_out_is_replaced_whole_or_refused(tmp_path, teacher_run):
+    import shutil
+
+    shutil.copytree(teacher_run, tmp_path / "runs" / "t")
+    rep = tmp_path / "rep"
+    report.run(report.ReportConfig(root=str(tmp_path / "runs"), out=str(rep)))
+    (rep / "stale.csv").write_text("from an older report")
+    report.run(report.ReportConfig(root=str(tmp_path / "runs"), out=str(rep)))
+    assert not (rep / "stale.csv").exists() and (rep / "report.json").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ArtifactError, match="not a kdcli report folder"):
+        report.run(report.ReportConfig(root=str(tmp_path / "runs"), out=str(mine)))
+    assert (mine / "notes.txt").read_text() == "keep"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow  # subprocesses: a few seconds each
+def test_a_report_killed_mid_write_keeps_the_old_one(tmp_path, teacher_run):
+    import shutil
+
+    shutil.copytree(teacher_run, tmp_path / "runs" / "t")
+    rep = tmp_path / "rep"
+    kdcli("report", str(tmp_path / "runs"), "--out", str(rep), "--no-plots", check=True)
+    before = {p.name: p.read_bytes() for p in rep.iterdir()}
+    killed = kdcli("report", str(tmp_path / "runs"), "--out", str(rep), "--no-plots",
+                   fault="before:report.json")
+    assert killed.returncode == -signal.SIGKILL
+    assert {p.name: p.read_bytes() for p in rep.iterdir()} == before
+    kdcli("report", str(tmp_path / "runs"), "--out", str(rep), "--no-plots", check=True)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ---------------------------------------------------------------------------- a kill at random moments
+
+
+@pytest.mark.slow
+def test_twenty_random_kills_each_resume_to_the_same_weights(reference, tmp_path):
+    rng = random.Random(20261206)
+    args = ["train-teacher", *A, "--epochs", "3", "--checkpoint-every", "5"]
+    clean_run = time.monotonic()
+    kdcli(*args, "--out", str(tmp_path / "timing"), check=True)
+    duration = time.monotonic() - clean_run
+    for trial in range(20):
+        out = tmp_path / f"k{trial}"
+        proc = subprocess.Popen([KDCLI, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, duration))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kdcli(*args, "--out", str(out), "--resume", check=True)
+        assert same_weights(reference, out), trial
+        assert stray(out) == [], trial
