@@ -293,6 +293,16 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(referen
     assert same_weights(reference, out)
 
 
+def test_a_second_writer_of_one_run_dir_is_refused(tmp_path):
+    from kdcli.stages import rundir
+
+    cfg = tiny_config(tmp_path / "r", epochs=1)
+    with rundir.claim(cfg, "fresh"):  # another process writing it (a lock is per open file)
+        with pytest.raises(ArtifactError, match="another kdcli process is writing"):
+            train.run(cfg)
+    assert not train.run(cfg).skipped
+
+
 def test_files_get_the_usual_mode(tmp_path):
     old = os.umask(0o022)
     try:

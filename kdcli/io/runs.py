@@ -9,6 +9,7 @@ runs (stages, cka and report all read run dirs through `inspect` / `read_run` / 
     RUN/checkpoint.safetensors  resumable training state (one atomic file); removed when the
                                 run completes
     RUN/.kdcli-XXXXXXXX.tmp     a write in progress (left behind only by a kill)
+    RUN/.kdcli-lock             locked by the process writing the run dir
 
 States (`inspect`), whatever moment a kill came at: new (absent or empty), in-progress
 (kdcli files but no run.json; resumable when it holds a checkpoint), complete (run.json
@@ -35,6 +36,7 @@ METRICS_FILE = "metrics.parquet"
 SUBSET_FILE = "subset.parquet"
 CKPT_TENSORS = "checkpoint.safetensors"
 LEGACY_CKPT_STATE = "checkpoint.json"  # kdcli 0.1's second checkpoint file
+LOCK_FILE = ".kdcli-lock"  # held (flock) by the process writing the run dir
 KDCLI_FILES = (RUN_JSON, MODEL_FILE, METRICS_FILE, SUBSET_FILE, CKPT_TENSORS, LEGACY_CKPT_STATE)
 REQUIRED = {"stage": str, "config": dict, "dataset": dict, "model": dict, "subset": dict, "final": dict}
 
@@ -56,7 +58,7 @@ def inspect(path: str | Path, *, verify: str = "hash") -> RunDir:
     if not path.is_dir():
         return RunDir("foreign")
     names = {p.name for p in path.iterdir()}
-    ours = {n for n in names if n in KDCLI_FILES or is_temporary(n)}
+    ours = {n for n in names if n in KDCLI_FILES or n == LOCK_FILE or is_temporary(n)}
     if not names:
         return RunDir("new")
     if not ours:

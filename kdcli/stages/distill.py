@@ -36,14 +36,15 @@ def run(cfg: DistillConfig, progress: Progress | None = None) -> rundir.RunResul
     test = p.dataset.test()
     teacher_test = p.teacher_rows("test", test)  # fidelity; a bad logits file fails here, before --out
 
-    out = rundir.start(c, action)
-    rows = fit(c, p.model, train, test, task=p.task, model_input=p.dataset.model_input,
-               objective=objective, device=p.device, run_dir=out, progress=progress,
-               teacher_test=teacher_test)
     kd = {"tau": c.tau, "alpha": c.alpha, "backend": objective.backend,
           "mode": "offline" if p.teacher.logits else "online", "loss": LOSS}
     if p.teacher.logits_meta and p.teacher.logits_meta.get("topk"):
         kd["topk"] = p.teacher.logits_meta["topk"]
         kd["topk_tail"] = "V-K tail classes share the stored tail mass equally"
-    run = rundir.finish(p, out, rows, started, {"method": "kd", "kd": kd})
+
+    with rundir.claim(c, action) as out:
+        rows = fit(c, p.model, train, test, task=p.task, model_input=p.dataset.model_input,
+                   objective=objective, device=p.device, run_dir=out, progress=progress,
+                   teacher_test=teacher_test)
+        run = rundir.finish(p, out, rows, started, {"method": "kd", "kd": kd})
     return rundir.RunResult(out, False, run, rows)

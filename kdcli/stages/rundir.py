@@ -8,8 +8,11 @@ completion marker.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,18 +89,32 @@ def skipped(cfg: TrainConfig) -> RunResult:
 
 
 
-def start(cfg: TrainConfig, action: str) -> Path:
-    """Make --out ready: a fresh run clears what kdcli made there (never other files); both
-    clear the temporary files a killed writer left."""
+@contextmanager
+def claim(cfg: TrainConfig, action: str) -> Iterator[Path]:
+    """Hold --out for this process while it trains and writes (a lock that the system drops
+    when the process ends, however it ends), after making it ready: a fresh run clears what
+    kdcli made there (never other files); both clear the temporary files a killed writer left.
+    A second kdcli process writing the same --out is refused instead of mixing two runs."""
     out = Path(cfg.out)
-    if out.exists():
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / runs.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise ArtifactError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArtifactError(f"--out {out}: another kdcli process is writing this run dir; let it "
+                                "finish, or stop it and pass --resume") from None
         if action == "fresh":
             # the completion marker first, so a half-cleared dir never looks complete
             for name in runs.KDCLI_FILES:
                 (out / name).unlink(missing_ok=True)
         clear_temporaries(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+        yield out
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def finish(p, out: Path, rows: list[dict], started: str, info: dict) -> dict:

@@ -41,9 +41,9 @@ def run(cfg: TrainConfig, progress: Progress | None = None) -> rundir.RunResult:
     test = p.dataset.test()
     teacher_test = p.teacher_rows("test", test) if p.teacher is not None else None  # fidelity
 
-    out = rundir.start(p.cfg, action)
-    rows = fit(p.cfg, p.model, p.subset.split, test, task=p.task, model_input=p.dataset.model_input,
-               objective=objective, device=p.device, run_dir=out, progress=progress,
-               teacher_test=teacher_test)
-    run = rundir.finish(p, out, rows, started, {"method": "labels"})
+    with rundir.claim(p.cfg, action) as out:
+        rows = fit(p.cfg, p.model, p.subset.split, test, task=p.task, model_input=p.dataset.model_input,
+                   objective=objective, device=p.device, run_dir=out, progress=progress,
+                   teacher_test=teacher_test)
+        run = rundir.finish(p, out, rows, started, {"method": "labels"})
     return rundir.RunResult(out, False, run, rows)
