@@ -36,7 +36,7 @@ def make_tree(root: Path, n_runs: int) -> None:
                     cfg = {"seed": seed, "subset_seed": 0, "kappa": kappa, "lr": 3e-3, "steps": 1500,
                            "model": "cnn1d", "label_smoothing": 0.0, "out": "x", "teacher": "t"}
                     run = {"format": "kdcli-run", "format_version": 2, "run_id": f"r{i}", "stage": stage,
-                           "config": cfg, "task": TASK,
+                           "config": cfg, "task": TASK, "artifacts": {},
                            "dataset": {"name": "mnist1d", "fingerprint": "F"},
                            "model": {"name": "cnn1d", "args": {"channels": 32}},
                            "subset": {"kappa": kappa, "size": int(kappa * 10000)},

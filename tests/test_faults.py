@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -23,7 +24,7 @@ from kdcli.train.state import saved_progress
 from tests.conftest import same_weights, tiny_config
 
 KDCLI = str(Path(sys.executable).parent / "kdcli")
-# A = --dataset digits --model mlp: 1,437 samples, 12 steps per epoch
+# A = --dataset digits --model mlp: 11 steps per epoch
 A = ["--dataset", "digits", "--model", "mlp", "--threads", "1", "--quiet", "--device", "cpu"]
 
 
@@ -169,25 +170,25 @@ def test_a_damaged_logits_file_is_not_skipped_by_dump_logits(teacher_run, tmp_pa
 @pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 75), (signal.SIGINT, 130)])
 def test_a_signal_saves_a_checkpoint_and_says_so(sig, status, tmp_path):
     out = tmp_path / "run"
-    args = ["train-teacher", "--out", str(out), *A, "--epochs", "400", "--checkpoint-every", "1000",
-            "--eval-every", "0"]
+    args = ["train-teacher", "--out", str(out), *A, "--epochs", "2000", "--checkpoint-every", "1000",
+            "--eval-every", "0"]  # 22,000 steps: far from done when the signal comes
     proc = subprocess.Popen([KDCLI, *args], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    sent = time.time()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == status, err
-    assert "Stopped:" in err and f"{signal.Signals(sig).name} at step" in err and "--resume" in err
-    assert 1000 <= saved_progress(out)["step"] < 4800
-    assert (out / "checkpoint.safetensors").stat().st_mtime >= sent - 0.05  # saved at the signal
+    assert "Stopped:" in err and "--resume" in err
+    said, total = map(int, re.search(rf"{signal.Signals(sig).name} at step (\d+) of (\d+)", err).groups())
+    # the checkpoint is the one written at the signal, not the periodic one before it
+    assert saved_progress(out)["step"] == said and 1000 < said < total
     assert not (out / "run.json").exists() and stray(out) == []
 
 
 @pytest.mark.slow
 def test_sigterm_then_resume_gives_the_uninterrupted_weights(tmp_path):
-    args = ["train-teacher", *A, "--epochs", "150", "--checkpoint-every", "300", "--eval-every", "0"]
+    args = ["train-teacher", *A, "--epochs", "150", "--checkpoint-every", "100", "--eval-every", "0"]
     kdcli(*args, "--out", str(tmp_path / "whole"), check=True)
     out = tmp_path / "run"
     proc = subprocess.Popen([KDCLI, *args, "--out", str(out)], stderr=subprocess.PIPE, text=True)
@@ -199,6 +200,35 @@ def test_sigterm_then_resume_gives_the_uninterrupted_weights(tmp_path):
     assert proc.returncode == 75 and 0 < saved_progress(out)["step"] < 1800
     kdcli(*args, "--out", str(out), "--resume", check=True)
     assert same_weights(tmp_path / "whole", out)
+
+
+@pytest.mark.slow
+def test_the_slurm_example_forwards_sigterm_and_requeues(tmp_path):
+    """kappa_array.sbatch at the time limit: SIGTERM to the batch script reaches kdcli, which
+    checkpoints and exits 75, and the script requeues the task."""
+    out = tmp_path / "out"
+    kdcli("train-teacher", "--out", str(out / "teacher"), *A, "--epochs", "1", check=True)
+    kdcli("dump-logits", "--teacher", str(out / "teacher"), "--out", str(out / "teacher_logits.parquet"),
+          "--quiet", check=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/requeued\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "OUT": str(out), "KAPPAS": "0.5", "SEEDS": "0", "STUDENT_STEPS": "200000",
+           "KDCLI": KDCLI, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "77",
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("KDCLI_FAULT", None)
+    script = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "kappa_array.sbatch"
+    proc = subprocess.Popen(["bash", str(script)], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    point = out / "kd" / "tau4" / "kappa0.5_seed0"
+    deadline = time.monotonic() + 120
+    while not (point / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # to the batch script, as --signal=B:TERM does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "77_0"]
+    assert saved_progress(point)["step"] >= 500 and not (point / "run.json").exists()
 
 
 # ---------------------------------------------------------------------------- 5: one line, not a traceback
@@ -214,8 +244,9 @@ def one_line(proc) -> str:
 
 @pytest.mark.slow  # subprocesses: a few seconds each
 def test_invalid_or_incomplete_run_json(teacher_run, tmp_path):
-    bad = tmp_path / "bad"
+    bad = tmp_path / "bad"  # a run dir kdcli made (its lock file) whose run.json is damaged
     bad.mkdir()
+    (bad / ".kdcli-lock").write_bytes(b"")
     (bad / "run.json").write_text("{not json")
     (bad / "model.safetensors").write_bytes(b"x")
     assert "unreadable run.json" in one_line(kdcli("train-teacher", "--out", str(bad), *A, "--epochs", "1"))
@@ -291,6 +322,35 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(referen
     assert (out / "model.safetensors").exists() and not (out / "checkpoint.safetensors").exists()
     kdcli(*args, "--resume", check=True)
     assert same_weights(reference, out)
+
+
+def test_other_programs_folders_are_never_cleared(tmp_path):
+    """model.safetensors and run.json are common names: without kdcli's own marks a folder is
+    foreign, with --overwrite too."""
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (hf / "config.json").write_text("{}")
+    (hf / ".cache.tmp").write_text("not ours")
+    for overwrite in (False, True):
+        with pytest.raises(ArtifactError, match="not a kdcli run directory"):
+            train.run(tiny_config(hf, epochs=1, overwrite=overwrite))
+    assert sorted(p.name for p in hf.iterdir()) == [".cache.tmp", "config.json", "model.safetensors"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({"format": "someone-else"}))
+    with pytest.raises(ArtifactError, match="not a kdcli run directory"):
+        train.run(tiny_config(other, epochs=1, overwrite=True))
+
+
+def test_a_run_json_without_artifacts_is_damaged_not_trusted(tmp_path):
+    done = train.run(tiny_config(tmp_path / "r", epochs=1))
+    run = json.loads((done.run_dir / "run.json").read_text())
+    del run["artifacts"]
+    (done.run_dir / "run.json").write_text(json.dumps(run))
+    with pytest.raises(ArtifactError, match="without artifacts"):
+        train.run(tiny_config(tmp_path / "r", epochs=1))
+    assert report.run(report.ReportConfig(root=str(tmp_path))).scan.damaged
 
 
 def test_a_second_writer_of_one_run_dir_is_refused(tmp_path):
@@ -370,13 +430,22 @@ def test_a_report_killed_mid_write_keeps_the_old_one(tmp_path, teacher_run):
 def test_twenty_random_kills_each_resume_to_the_same_weights(reference, tmp_path):
     rng = random.Random(20261206)
     args = ["train-teacher", *A, "--epochs", "3", "--checkpoint-every", "5"]
-    clean_run = time.monotonic()
-    kdcli(*args, "--out", str(tmp_path / "timing"), check=True)
-    duration = time.monotonic() - clean_run
-    for trial in range(20):
-        out = tmp_path / f"k{trial}"
+
+    def started(out: Path) -> subprocess.Popen:
+        """The run, once it holds its run dir (imports and data loading are done)."""
         proc = subprocess.Popen([KDCLI, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
+        while not (out / ".kdcli-lock").exists() and proc.poll() is None:
+            time.sleep(0.002)
+        return proc
+
+    timing = started(tmp_path / "timing")
+    clock = time.monotonic()
+    assert timing.wait() == 0
+    duration = time.monotonic() - clock  # training and writing the artifacts
+    for trial in range(20):
+        out = tmp_path / f"k{trial}"
+        proc = started(out)
         time.sleep(rng.uniform(0, duration))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

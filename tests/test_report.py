@@ -30,6 +30,7 @@ def write_run(root: Path, name: str, *, stage: str, acc: float, kappa=0.1, seed=
         "subset": {"kappa": kappa, "size": int(kappa * 1000), "seed": 0},
         "teacher": None if stage == "train-teacher" else {"run_id": teacher},
         "final": {"test_acc": acc, "test_loss": loss, "teacher_agreement": agreement, "teacher_kl": kl},
+        "artifacts": {},
     }
     if task is not None:  # format 2 records the task; format 1 runs are classification
         run.update(format_version=2, task=task)

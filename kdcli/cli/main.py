@@ -59,8 +59,8 @@ def main() -> None:
     except (ImportError, MemoryError) as exc:  # e.g. `import torch` under a tight memory limit
         if os.environ.get("KDCLI_DEBUG"):
             raise
-        _print_error("Error", f"{type(exc).__name__}: {exc or 'out of memory'} (a memory limit too "
-                     "low for PyTorch, or a broken installation)")
+        _print_error("Error", f"{type(exc).__name__}: {str(exc) or 'out of memory'} (an incomplete "
+                     "installation, or a memory limit too low to load PyTorch)")
         sys.exit(1)
     except OSError as exc:  # e.g. --out under a file, a read-only folder, a full disk
         if os.environ.get("KDCLI_DEBUG"):

@@ -27,9 +27,15 @@ TEMP_PREFIX, TEMP_SUFFIX = ".kdcli-", ".tmp"
 _writes: dict[tuple[str, str], int] = {}
 
 
+LEGACY_TEMP_PREFIXES = tuple(f".{name}." for name in (
+    "run.json", "model.safetensors", "metrics.parquet", "subset.parquet", "checkpoint.safetensors",
+    "checkpoint.json"))  # kdcli 0.1 named its temporary files after their target
+
+
 def is_temporary(name: str) -> bool:
-    """A temporary file of an atomic write (this kdcli's names, or 0.1's `.NAME.XXXX.tmp`)."""
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+    """A temporary file of kdcli's atomic writes (`.kdcli-XXXXXXXX.tmp`, or 0.1's `.NAME.XXXX.tmp`
+    for a run-dir file NAME); other tools' hidden files are not."""
+    return name.endswith(TEMP_SUFFIX) and name.startswith((TEMP_PREFIX, *LEGACY_TEMP_PREFIXES))
 
 
 def clear_temporaries(folder: str | os.PathLike) -> None:

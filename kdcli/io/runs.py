@@ -38,7 +38,8 @@ CKPT_TENSORS = "checkpoint.safetensors"
 LEGACY_CKPT_STATE = "checkpoint.json"  # kdcli 0.1's second checkpoint file
 LOCK_FILE = ".kdcli-lock"  # held (flock) by the process writing the run dir
 KDCLI_FILES = (RUN_JSON, MODEL_FILE, METRICS_FILE, SUBSET_FILE, CKPT_TENSORS, LEGACY_CKPT_STATE)
-REQUIRED = {"stage": str, "config": dict, "dataset": dict, "model": dict, "subset": dict, "final": dict}
+REQUIRED = {"stage": str, "config": dict, "dataset": dict, "model": dict, "subset": dict, "final": dict,
+            "artifacts": dict}
 
 
 @dataclass
@@ -58,10 +59,9 @@ def inspect(path: str | Path, *, verify: str = "hash") -> RunDir:
     if not path.is_dir():
         return RunDir("foreign")
     names = {p.name for p in path.iterdir()}
-    ours = {n for n in names if n in KDCLI_FILES or n == LOCK_FILE or is_temporary(n)}
     if not names:
         return RunDir("new")
-    if not ours:
+    if not made_by_kdcli(path, names):
         return RunDir("foreign")
     if RUN_JSON in names:
         try:
@@ -71,6 +71,38 @@ def inspect(path: str | Path, *, verify: str = "hash") -> RunDir:
             return RunDir("damaged", why=str(exc))
         return RunDir("complete", run)
     return RunDir("in-progress", resumable=CKPT_TENSORS in names or LEGACY_CKPT_STATE in names)
+
+
+def made_by_kdcli(path: Path, names: set[str]) -> bool:
+    """Whether kdcli made this folder: its lock file or temporary files, or a run.json or
+    checkpoint, weights or table file whose own metadata says kdcli. A file name alone is not
+    enough (other tools write model.safetensors and run.json too), so other programs' folders
+    are never cleared."""
+    if LOCK_FILE in names or any(is_temporary(n) for n in names):
+        return True
+    if RUN_JSON in names:
+        try:
+            if json.loads((path / RUN_JSON).read_text()).get("format") == "kdcli-run":
+                return True
+        except (OSError, ValueError, AttributeError):
+            pass
+    for name in (CKPT_TENSORS, MODEL_FILE):
+        if name in names and _safetensors_format(path / name).startswith("kdcli-"):
+            return True
+    return False
+
+
+def _safetensors_format(path: Path) -> str:
+    """The `format` in a safetensors file's header metadata ('' when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 100 * 2**20:
+                return ""
+            header = json.loads(f.read(size))
+        return str((header.get("__metadata__") or {}).get("format", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def verify_artifacts(path: str | Path, run: dict, how: str, flag: str) -> None:
@@ -100,6 +132,8 @@ def load_run_json(path: str | Path, flag: str) -> dict:
     if not isinstance(run, dict) or run.get("format") != "kdcli-run":
         raise ArtifactError(f"{flag} {marker}: not a kdcli run.json")
     bad = [k for k, kind in REQUIRED.items() if not isinstance(run.get(k), kind)]
+    if not isinstance(run.get("artifact_bytes", {}), dict):
+        bad.append("artifact_bytes")
     if bad:
         raise ArtifactError(f"{flag} {marker}: a kdcli run.json without {', '.join(bad)} (damaged)")
     if run.get("format_version") not in READABLE_VERSIONS:

@@ -10,6 +10,8 @@ plots to --out.
 from __future__ import annotations
 
 import csv
+import errno
+import glob
 import io
 import math
 import os
@@ -211,16 +213,26 @@ def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
                                         any(not n.endswith(REPORT_SUFFIXES) for n in names))):
             raise ArtifactError(f"--out {out}: exists and is not a kdcli report folder (it would be "
                                 "replaced whole); choose a folder of its own")
-    for stale in out.parent.glob(".kdcli-*-*.tmp") if out.parent.is_dir() else ():
-        if stale.is_dir() and stale.name.startswith((".kdcli-report-", ".kdcli-old-")):
-            shutil.rmtree(stale, ignore_errors=True)  # what a killed report left
+    mine = f".kdcli-report-{out.name}-"  # this --out's folders only: sibling reports may be running
+    for stale in out.parent.glob(f"{glob.escape(mine)}*.tmp") if out.parent.is_dir() else ():
+        shutil.rmtree(stale, ignore_errors=True)  # what a killed report left
     token = uuid.uuid4().hex[:8]
-    staging, old = out.parent / f".kdcli-report-{token}.tmp", out.parent / f".kdcli-old-{token}.tmp"
+    staging, old = out.parent / f"{mine}{token}.tmp", out.parent / f"{mine}old-{token}.tmp"
     try:
         staging.mkdir(parents=True)
         written = _write_into(result, staging, plots)
         if out.exists():
-            os.replace(out, old)
+            try:
+                os.replace(out, old)
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM):
+                    raise
+                # --out is a mount point: clear it and move the files in, each in one step
+                for p in out.iterdir():
+                    p.unlink()
+                for p in staging.iterdir():
+                    os.replace(p, out / p.name)
+                return [out / p.name for p in written]
         os.replace(staging, out)
     except OSError as exc:
         raise ArtifactError(f"--out {out}: cannot write the report ({exc.strerror or exc}); check the "

@@ -8,6 +8,7 @@ completion marker.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import uuid
@@ -107,6 +108,14 @@ def claim(cfg: TrainConfig, action: str) -> Iterator[Path]:
         except BlockingIOError:
             raise ArtifactError(f"--out {out}: another kdcli process is writing this run dir; let it "
                                 "finish, or stop it and pass --resume") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise ArtifactError(f"--out {out}: cannot lock {runs.LOCK_FILE} ({exc.strerror})") from None
+            # a filesystem without locks (some NFS and Lustre mounts): one writer is then up to you
+        now = runs.inspect(out, verify="none")  # what another process may have done since `decide`
+        if not cfg.overwrite and (now.state == "complete" or (action == "resume") != now.resumable):
+            raise ArtifactError(f"--out {out}: changed by another kdcli process while this one "
+                                f"prepared (now {now.state}); run the command again")
         if action == "fresh":
             # the completion marker first, so a half-cleared dir never looks complete
             for name in runs.KDCLI_FILES:

@@ -31,12 +31,14 @@ class StopOnSignal:
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
+                if signal.getsignal(s) is signal.SIG_IGN:  # e.g. SIGINT of `cmd &`: stays ignored
+                    continue
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
     @property
     def name(self) -> str:

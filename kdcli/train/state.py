@@ -20,7 +20,7 @@ from kdcli.errors import ArtifactError
 from kdcli.io.checkpoint import load_tensors, save_tensors
 from kdcli.io.runs import CKPT_TENSORS, LEGACY_CKPT_STATE
 
-STATE_VERSION = "3"  # 3: one file; 2: step-based, two files; 1: epoch-based
+STATE_VERSION = "4"  # 4: header in the sha256; 3: one file; 2: step-based, two files; 1: epochs
 
 
 @dataclass
@@ -29,9 +29,10 @@ class SavedState:
     tensors: dict[str, torch.Tensor]  # the loop's own tensors, as given to save_state
 
 
-def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
+def content_sha256(tensors: dict[str, torch.Tensor], header: dict) -> str:
+    """sha256 over the header (as canonical JSON) and the tensors' names, dtypes, shapes and
+    bytes, in name order."""
+    h = hashlib.sha256(json.dumps(header, sort_keys=True, default=str).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -57,12 +58,13 @@ def save_state(run_dir: Path, *, model, optimizer, generators: dict[str, torch.G
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors.update({f"rng.cuda.{i}": st for i, st in enumerate(torch.cuda.get_rng_state_all())})
+    header = json.loads(json.dumps({"progress": progress, "optimizer": {
+        "param_groups": opt["param_groups"], "scalars": scalars}}, default=str))  # as it reads back
     save_tensors(run_dir / CKPT_TENSORS, tensors, {
         "format": "kdcli-train-state",
         "state_version": STATE_VERSION,
-        "progress": progress,
-        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
-        "tensors_sha256": content_sha256(tensors),
+        **header,
+        "tensors_sha256": content_sha256(tensors, header),
     })
 
 
@@ -82,7 +84,7 @@ def read_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if meta.get("format") != "kdcli-train-state" or version != STATE_VERSION:
         raise ArtifactError(f"{path}: a checkpoint of another kdcli version ({version}); it cannot "
                             "be resumed by this one, use --overwrite")
-    if content_sha256(tensors) != expected:
+    if content_sha256(tensors, header) != expected:
         raise ArtifactError(f"{path}: its contents do not match the sha256 recorded in it (damaged); "
                             "use --overwrite")
     return tensors, header
