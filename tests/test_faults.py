@@ -84,10 +84,14 @@ def test_a_dir_holding_only_a_temporary_file_is_not_stuck(leftover, flag, tmp_pa
 
 @pytest.mark.slow  # subprocesses: a few seconds each
 def test_an_older_two_file_checkpoint_is_refused_then_overwritten(tmp_path):
-    out = tmp_path / "old"
+    import torch
+    from safetensors.torch import save_file
+
+    out = tmp_path / "old"  # as kdcli 0.1 left it: tensors, then the state beside them
     out.mkdir()
-    (out / "checkpoint.safetensors").write_bytes(b"x")
-    (out / "checkpoint.json").write_text("{}")
+    save_file({"model.w": torch.zeros(2)}, str(out / "checkpoint.safetensors"),
+              metadata={"format": "kdcli-train-state"})
+    (out / "checkpoint.json").write_text('{"epoch": 1, "step": 12}')
     proc = kdcli("train-teacher", "--out", str(out), *A, "--epochs", "1", "--resume")
     assert proc.returncode == 1 and "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
     kdcli("train-teacher", "--out", str(out), *A, "--epochs", "1", "--overwrite", check=True)
@@ -258,9 +262,9 @@ def test_invalid_or_incomplete_run_json(teacher_run, tmp_path):
     del run["artifacts"]
     (no_artifacts / "run.json").write_text(json.dumps(run))
     (no_artifacts / "model.safetensors").write_bytes((teacher_run / "model.safetensors").read_bytes())
-    assert "records no model.safetensors" in one_line(
+    assert "without artifacts" in one_line(
         kdcli("dump-logits", "--teacher", str(no_artifacts), "--out", str(tmp_path / "l.parquet")))
-    assert "records no model.safetensors" in one_line(
+    assert "without artifacts" in one_line(
         kdcli("cka", str(no_artifacts), str(teacher_run), "--out", str(tmp_path / "c.parquet")))
 
 
