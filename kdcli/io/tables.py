@@ -21,6 +21,6 @@ def write_table(path: str | Path, columns: dict[str, list | np.ndarray], metadat
 
 
 def write_metrics(path: str | Path, rows: list[dict], metadata: dict) -> None:
-    """One row per epoch; every row has the same keys."""
+    """One row per evaluation; every row has the same keys."""
     columns = {k: [row[k] for row in rows] for k in rows[0]} if rows else {}
     write_table(path, columns, metadata)
