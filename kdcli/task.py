@@ -51,8 +51,7 @@ class Task:
     subsets: str  # "stratified" (by class) or "permutation" (seeded, of samples)
     metrics: tuple[str, ...] = ("test_loss", "test_acc")  # what evaluation reports (ROW_METRICS)
     primary: str = "test_acc"  # the metrics.parquet / run.json `final` column PI is computed from
-    higher_is_better: bool = True
-    pi: str = "difference_points"
+    pi: str = "difference_points"  # also fixes the primary metric's direction (higher_is_better)
     masked: bool = False  # targets may hold IGNORE
 
     def __post_init__(self):
@@ -61,6 +60,10 @@ class Task:
         assert set(self.metrics) <= set(ROW_METRICS) and self.primary in self.metrics, self.metrics
         assert self.subsets in ("stratified", "permutation"), self.subsets
         assert self.pi in PI_METHODS, self.pi
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.pi == "difference_points"
 
     @property
     def row_name(self) -> str:
@@ -96,19 +99,25 @@ class Task:
         return 100 * value if self.pi == "difference_points" else value
 
     def describe(self) -> dict:
-        return {**asdict(self), "pi_definition": PI_METHODS[self.pi]}
+        return {**asdict(self), "higher_is_better": self.higher_is_better,
+                "pi_definition": PI_METHODS[self.pi]}
 
     @classmethod
     def from_record(cls, record: dict | None, num_classes: int | None = None, where: str = "run.json") -> Task:
         """The task a run.json recorded; runs of format 1 predate it and are classification."""
         if not record:
             return classification(num_classes or 0)
-        known = {k: record[k] for k in ("kind", "outputs", "subsets", "metrics", "primary",
-                                        "higher_is_better", "pi", "masked") if k in record}
+        known = {k: record[k] for k in ("kind", "outputs", "subsets", "metrics", "primary", "pi",
+                                        "masked") if k in record}
         try:
             return cls(**known)
         except (AssertionError, TypeError) as exc:
             raise ArtifactError(f"{where}: not a task this kdcli knows ({record}; {exc})") from None
+
+    @classmethod
+    def of_run(cls, run: dict) -> Task:
+        """The task a run.json (with `dataset`) records."""
+        return cls.from_record(run.get("task"), run["dataset"].get("num_classes"))
 
 
 def classification(num_classes: int) -> Task:

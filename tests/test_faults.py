@@ -21,7 +21,7 @@ from kdcli.config import DumpConfig
 from kdcli.errors import ArtifactError
 from kdcli.stages import dump_logits, report, train
 from kdcli.train.state import saved_progress
-from tests.conftest import same_weights, tiny_config
+from tests.conftest import InterruptAt, Interrupted, same_weights, tiny_config
 
 KDCLI = str(Path(sys.executable).parent / "kdcli")
 # A = --dataset digits --model mlp: 11 steps per epoch
@@ -100,25 +100,13 @@ def test_an_older_two_file_checkpoint_is_refused_then_overwritten(tmp_path):
 
 def test_a_damaged_checkpoint_is_named_before_any_work(tmp_path):
     out = tmp_path / "r"
-    with pytest.raises(RuntimeError):
-        train.run(tiny_config(out, epochs=3, checkpoint_every="10"), progress=_StopAt(15))
+    with pytest.raises(Interrupted):
+        train.run(tiny_config(out, epochs=3, checkpoint_every="10"), progress=InterruptAt(15))
     data = bytearray((out / "checkpoint.safetensors").read_bytes())
     data[-3] ^= 0x40  # bit rot in the last tensor
     (out / "checkpoint.safetensors").write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="do not match the sha256.*--overwrite"):
         train.run(tiny_config(out, epochs=3, checkpoint_every="10", resume=True))
-
-
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def start(self, total, done=0): ...
-    def metrics(self, row): ...
-
-    def advance(self, done=None):
-        if done == self.step:
-            raise RuntimeError("stop")
 
 
 # ---------------------------------------------------------------------------- 3: damaged artifacts
@@ -380,8 +368,8 @@ def test_files_get_the_usual_mode(tmp_path):
 def test_the_same_teacher_by_another_path_resumes(teacher_run, tmp_path, monkeypatch):
     out = tmp_path / "s"
     kw = dict(kappa=0.5, epochs=3, checkpoint_every="3")
-    with pytest.raises(RuntimeError):
-        train.run(tiny_config(out, teacher=str(teacher_run), **kw), progress=_StopAt(10))
+    with pytest.raises(Interrupted):
+        train.run(tiny_config(out, teacher=str(teacher_run), **kw), progress=InterruptAt(10))
     monkeypatch.chdir(teacher_run.parent)
     res = train.run(tiny_config(out, teacher=teacher_run.name, resume=True, **kw))
     assert not res.skipped and res.rows[-1]["step"] == 15

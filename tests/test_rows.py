@@ -28,7 +28,7 @@ class Tokens(Dataset):
 
     @property
     def task(self) -> Task:
-        return Task("sequence", VOCAB, "permutation", primary="test_loss", higher_is_better=False,
+        return Task("sequence", VOCAB, "permutation", primary="test_loss",
                     pi="relative_reduction", masked=True)
 
     def _load(self):

@@ -157,7 +157,7 @@ def read_run(path: str | Path, *, flag: str = "--teacher", verify: bool = True) 
             if inspect(path).state == "in-progress" else "not a kdcli run directory (no run.json)"
         raise ArtifactError(f"{flag} {path}: {what}")
     run = load_run_json(path, flag)
-    if not isinstance(run.get("artifacts"), dict) or MODEL_FILE not in run["artifacts"]:
+    if MODEL_FILE not in run["artifacts"]:
         raise ArtifactError(f"{flag} {path / RUN_JSON}: records no {MODEL_FILE} (damaged)")
     verify_artifacts(path, run, "size", flag)
     if verify:

@@ -10,11 +10,6 @@ from kdcli.report.stats import bootstrap_ci, mean_ci, nanmean, pearson
 from kdcli.task import Task
 
 
-def task_of(run: dict) -> Task:
-    """The task a run recorded (runs of format 1 are classification)."""
-    return Task.from_record(run.get("task"), run["dataset"].get("num_classes"))
-
-
 def final_metric(run: dict, key: str) -> float:
     """A final metric, NaN when the run did not record it."""
     value = run["final"].get(key)
@@ -23,14 +18,14 @@ def final_metric(run: dict, key: str) -> float:
 
 def primary(run: dict) -> float:
     """The run's primary metric as tables show it (accuracy in %)."""
-    task = task_of(run)
+    task = Task.of_run(run)
     return task.display(final_metric(run, task.primary))
 
 
 def pair_pi(p: Pair) -> float:
     """PI of one pair, as the task defines it from its primary metric (for classification
     acc(arm) − acc(labels) in points)."""
-    task = task_of(p.run)
+    task = Task.of_run(p.run)
     return task.pi_value(final_metric(p.run, task.primary), final_metric(p.labels, task.primary))
 
 
@@ -75,7 +70,7 @@ def pi_rows(pairs: list[Pair], teacher_metric: dict[str, float], group_by: tuple
     for key, members in sorted(groups.items(), key=order):
         arm, model, teacher = key[:3]
         kappa = key[-1]
-        task = task_of(members[0].run)
+        task = Task.of_run(members[0].run)
         diffs = [pair_pi(p) for p in members]
         pi, lo, hi = bootstrap_ci(diffs, bootstrap) if bootstrap else mean_ci(diffs)
         kd = members[0].run.get("kd") or {}

@@ -50,7 +50,7 @@ def layers(run_dir: str, device: str = "cpu", data_dir: str | None = None) -> tu
     dataset = _dataset(run, data_dir, f"RUN {run['dir']}")
     model = _load_model(run, "RUN", torch.device(device))
     x = dataset.model_input(dataset.test().x[:2].to(device))
-    return run, list_layers(model, x, Task.from_record(run.get("task"), run["dataset"]["num_classes"]))
+    return run, list_layers(model, x, Task.of_run(run))
 
 
 def run(cfg: CKAConfig, progress: Progress | None = None) -> CKAResult:
@@ -70,7 +70,7 @@ def run(cfg: CKAConfig, progress: Progress | None = None) -> CKAResult:
 
     where = f"--data-dir {cfg.data_dir}" if cfg.data_dir else f"RUN_A {run_a['dir']}"
     dataset = _dataset(run_a, cfg.data_dir, where)
-    task = Task.from_record(run_a.get("task"), run_a["dataset"]["num_classes"])  # what run.json says
+    task = Task.of_run(run_a)  # what run.json says
     split, positions = _samples(cfg, dataset)
     device = use_device(cfg.device, cfg.threads)
     model_a = _load_model(run_a, "RUN_A", device)

@@ -9,6 +9,8 @@ alone) the teacher runs on each (possibly augmented) batch.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kdcli.config import DistillConfig
 from kdcli.io.provenance import now_iso
 from kdcli.losses import resolve_backend
@@ -23,9 +25,9 @@ LOSS = "alpha*tau^2*KL(softmax(t/tau)||softmax(s/tau)) + (1-alpha)*CE(y,s), mean
 
 def run(cfg: DistillConfig, progress: Progress | None = None) -> rundir.RunResult:
     resolved = resolve(cfg)
-    action = rundir.decide(resolved.cfg)
+    action, done = rundir.decide(resolved.cfg)
     if action == "skip":
-        return rundir.skipped(resolved.cfg)
+        return rundir.RunResult(Path(resolved.cfg.out), True, done)
     started = now_iso()
     p = prepare(resolved)
     c = p.cfg

@@ -38,8 +38,9 @@ class RunResult:
     rows: list[dict] = field(default_factory=list)
 
 
-def decide(cfg: TrainConfig) -> str:
-    """What to do with --out, given the resolved settings: 'skip', 'fresh' or 'resume'.
+def decide(cfg: TrainConfig) -> tuple[str, dict | None]:
+    """What to do with --out, given the resolved settings: 'skip' (with the completed run's
+    run.json), 'fresh' or 'resume'.
 
     new → fresh. complete (artifacts verified) → skip when made with these settings, refused
     when made with others. damaged → refused. in-progress with a checkpoint → resume with
@@ -53,22 +54,22 @@ def decide(cfg: TrainConfig) -> str:
         raise ArtifactError(f"{out}: exists and is not a kdcli run directory; choose an empty or new "
                             "directory")
     if cfg.overwrite or d.state == "new":
-        return "fresh"
+        return "fresh", None
     if d.state == "damaged":
         raise ArtifactError(f"{d.why.removesuffix('.')}; --overwrite redoes the run")
     if d.state == "complete":
         _refuse_changes(cfg, d.run["config"], f"{out}: holds a completed run made with other settings",
                         "choose another --out or pass --overwrite")
-        return "skip"
+        return "skip", d.run
     if not d.resumable:
-        return "fresh"
+        return "fresh", None
     if not cfg.resume:
         raise ArtifactError(f"{out}: holds an interrupted run; pass --resume to continue it or "
                             "--overwrite to start again")
     saved = saved_progress(Path(cfg.out))  # checked whole before anything runs
     _refuse_changes(cfg, saved.get("config") or {}, f"--resume: {cfg.out} was started with "
                     "different settings", "use the same flags or --overwrite")
-    return "resume"
+    return "resume", None
 
 
 def _where(key: str, value):
@@ -83,11 +84,6 @@ def _refuse_changes(cfg: TrainConfig, saved: dict, what: str, fix: str) -> None:
     changed = sorted(k for k, v in current.items() if _where(k, saved.get(k, v)) != _where(k, v))
     if changed:
         raise ArtifactError(f"{what} ({', '.join(changed)}); {fix}")
-
-
-def skipped(cfg: TrainConfig) -> RunResult:
-    return RunResult(Path(cfg.out), True, runs.load_run_json(cfg.out, "--out"))
-
 
 
 @contextmanager

@@ -9,6 +9,8 @@ to the teacher it will be compared with, and the fidelity columns
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kdcli.config import TrainConfig
 from kdcli.errors import ConfigError
 from kdcli.io.provenance import now_iso
@@ -24,9 +26,9 @@ def run(cfg: TrainConfig, progress: Progress | None = None) -> rundir.RunResult:
     if cfg.match_smoothing_tau is not None and cfg.label_smoothing:
         raise ConfigError("--match-smoothing-tau sets ε itself; drop --label-smoothing")
     resolved = resolve(cfg)
-    action = rundir.decide(resolved.cfg)
+    action, done = rundir.decide(resolved.cfg)
     if action == "skip":
-        return rundir.skipped(resolved.cfg)
+        return rundir.RunResult(Path(resolved.cfg.out), True, done)
     started = now_iso()
     p = prepare(resolved)
 
