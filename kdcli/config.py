@@ -33,6 +33,7 @@ ROLES = ("training", "arm", "input", "run")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 KD_BACKENDS = ("auto", "eager", "fused", "triton")
+TOPK_TAILS = ("uniform", "bucket")  # kdcli/losses/topk.py
 STUDENT_STAGES = ("train-labels", "distill")
 
 
@@ -216,9 +217,14 @@ class DistillConfig(TrainConfig):
     kd_backend: str = setting(
         "auto", "KD loss backend: auto (triton on CUDA, fused on CPU, else eager), eager, fused or "
                 "triton.", "arm")
+    topk_tail: str = setting(
+        "uniform", "With a top-k logits file: uniform (the V-K tail classes share the stored tail "
+                   "mass equally) or bucket (the (K+1)-bucket KL: top-k classes plus one rest "
+                   "bucket).", "arm")
 
     def __post_init__(self):
         super().__post_init__()
+        need(self.topk_tail in TOPK_TAILS, "--topk-tail", "uniform or bucket", self.topk_tail)
         need(math.isfinite(self.tau) and self.tau > 0, "--tau", "a temperature > 0", self.tau)
         need(self.kd_backend in KD_BACKENDS, "--kd-backend", "auto, eager, fused or triton", self.kd_backend)
         need(0 <= self.alpha <= 1, "--alpha", "a weight in [0, 1] (1 = pure distillation)", self.alpha)

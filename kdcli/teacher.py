@@ -17,6 +17,7 @@ from kdcli.errors import ArtifactError
 from kdcli.io import runs
 from kdcli.io.hashing import sha256_file
 from kdcli.io.logits import TeacherLogits, read_logits, read_metadata
+from kdcli.losses.topk import TopK
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class TeacherRows:
 
 class StoredRows(TeacherRows):
     """Rows of a logits file. Dense rows are put in split order once, as stored (float16 stays
-    float16), so a batch is one gather; top-k rows are densified batch by batch."""
+    float16), so a batch is one gather; top-k rows stay as stored: the KD loss uses them as
+    they are (`topk`), and they are densified only for a caller that asks for full rows."""
 
     def __init__(self, stored: TeacherLogits, file_rows: torch.Tensor, device: torch.device):
         if stored.dense is not None:
@@ -89,10 +91,18 @@ class StoredRows(TeacherRows):
         else:
             self.dense, self.stored, self.file_rows = None, stored.to(device), file_rows.to(device)
 
+    @property
+    def sparse(self) -> bool:
+        return self.dense is None
+
     def __call__(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.dense is not None:
             return self.dense[positions].float()
         return self.stored.rows(self.file_rows[positions])
+
+    def topk(self, positions: torch.Tensor) -> TopK:
+        """The stored top-k rows of a batch, [B, ..., K]."""
+        return self.stored.topk(self.file_rows[positions])
 
 
 class OnlineRows(TeacherRows):

@@ -67,6 +67,7 @@ VALUES = {
     "tau": (["--tau", "2"], 2.0),
     "alpha": (["--alpha", "0.5"], 0.5),
     "kd_backend": (["--kd-backend", "eager"], "eager"),
+    "topk_tail": (["--topk-tail", "bucket"], "bucket"),
     # dump-logits
     "dtype": (["--dtype", "float16"], "float16"),
     "topk": (["--topk", "3"], 3),

@@ -128,7 +128,7 @@ def test_topk_logits_distill(teacher_run, tmp_path):
     path = tmp_path / "top3.parquet"
     dump_logits.run(DumpConfig(teacher=str(teacher_run), out=str(path), topk=3, dtype="float16", device="cpu"))
     res = distill.run(_kd_fields(tmp_path / "kd", logits=str(path), kappa=0.2))
-    assert "tail" in res.run["kd"]["topk_tail"]
+    assert res.run["kd"]["topk_tail"] == "uniform" and "tail" in res.run["kd"]["topk_tail_definition"]
     assert np.isfinite(res.run["final"]["test_loss"])
 
 
@@ -142,9 +142,16 @@ def test_kappa_above_one_needs_extra_logits(teacher_run, logits_file, tmp_path):
     assert res.run["subset"]["size"] == 900
 
 
+def _file_meta(path: Path) -> dict[str, str]:
+    """Schema and footer metadata of a logits file (its content sha256 is in the footer)."""
+    raw = dict(pq.read_metadata(path).metadata)
+    raw.pop(b"ARROW:schema")
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
 def _rewrite(src: Path, dst: Path, **meta_changes):
     table = pq.read_table(src)
-    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    meta = _file_meta(src)
     for key, change in meta_changes.items():
         meta[key] = change(meta[key])
     pq.write_table(table.replace_schema_metadata(meta), dst)
@@ -182,7 +189,7 @@ def test_bad_logits_files(logits_file, tmp_path, case, error, words):
         import pyarrow as pa
 
         col = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])
-        pq.write_table(table.set_column(2, "logits", col), bad)
+        pq.write_table(table.set_column(2, "logits", col).replace_schema_metadata(_file_meta(logits_file)), bad)
     else:
         table = pq.read_table(logits_file)
         logits = np.stack(table.column("logits").to_numpy(zero_copy_only=False)).astype(np.float32)
@@ -193,11 +200,12 @@ def test_bad_logits_files(logits_file, tmp_path, case, error, words):
         # as a teacher that gave NaN would have written it: the recorded sha256 matches
         from kdcli.io.logits import content_sha256
 
-        meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+        meta = _file_meta(logits_file)
         splits = np.asarray(table.column("split").to_pylist())
         index = table.column("index").to_numpy()
         meta["content_sha256"] = json.dumps({name: content_sha256([index[splits == name], logits[splits == name]])
                                              for name in ("train", "test")})
+        meta.pop("chunks")  # one chunk per split
         pq.write_table(table.set_column(2, "logits", col).replace_schema_metadata(meta), bad)
     out = tmp_path / "kd"
     with pytest.raises(error, match=words):

@@ -25,8 +25,18 @@ def _one_thread():
 
 
 def input_shape(name: str) -> tuple[int, ...]:
-    """1-D models (sequence input, MNIST-1D) get [1, 40]; everything else a small RGB image."""
+    """Language models get windows of 12 tokens, 1-D models (MNIST-1D) [1, 40]; everything
+    else a small RGB image."""
+    if "gpt" in name:
+        return (12,)
     return (1, 40) if "1d" in name or "mlp" in name else (3, 16, 16)
+
+
+def sample(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """A batch of model inputs: token ids for language models, floats otherwise."""
+    if "gpt" in name:
+        return torch.randint(0, NUM_CLASSES, (BATCH, *shape))
+    return torch.randn(BATCH, *shape)
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -38,9 +48,9 @@ def test_forward_backward(name):
     assert isinstance(model.features, torch.nn.Module)
     assert isinstance(model.head, torch.nn.Module)
 
-    x = torch.randn(BATCH, *shape)
+    x = sample(name, shape)
     out = model(x)
-    assert out.shape == (BATCH, NUM_CLASSES)
+    assert out.shape == (BATCH, *shape[:1] * ("gpt" in name), NUM_CLASSES)  # a row per token for LMs
     assert torch.isfinite(out).all()
     # features -> head is the whole model (cka reads the penultimate layer from `features`).
     assert torch.equal(model.head(model.features(x)), out)

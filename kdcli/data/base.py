@@ -74,6 +74,17 @@ class Dataset:
         """n fresh train samples after the pool, for κ > 1 (extensible datasets only)."""
         raise ConfigError(f"dataset {self.name!r} has no samples beyond its train split; κ must be ≤ 1")
 
+    def extra_tests(self) -> dict[str, Split]:
+        """Further test splits by name (e.g. an out-of-distribution text); metrics on each are
+        recorded with the name as prefix. None by default."""
+        return {}
+
+    @property
+    def token_bytes(self) -> torch.Tensor | None:
+        """Bytes of text each class (token) stands for, [V], for bits per byte; None when the
+        classes are not text."""
+        return None
+
     def split(self, name: str) -> Split:
         if name not in ("train", "test"):
             raise ConfigError(f"--split must be 'train' or 'test', got {name!r}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdcli.errors import ArtifactError
 from kdcli.io.atomic import atomic_path
 
 
@@ -33,6 +34,6 @@ def cached_arrays(key: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[s
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-    except OSError:
+    except (OSError, ArtifactError):  # atomic_path reports a failed write as ArtifactError
         pass  # an unwritable cache only costs time
     return arrays

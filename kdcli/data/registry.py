@@ -19,7 +19,7 @@ def register_dataset(name: str):
 
 def _load_builtin() -> None:
     # Importing the modules registers their datasets.
-    from kdcli.data import cifar, digits, mnist1d, parquet_images  # noqa: F401
+    from kdcli.data import cifar, digits, mnist1d, parquet_images, text  # noqa: F401
 
 
 def dataset_names() -> list[str]:

@@ -1,25 +1,31 @@
 """Teacher logits as Parquet: raw, temperature-free, for the train pool and the test split.
 
-Columns (full): index int64 (sample id in the split's canonical order), split
-(dictionary string: train | test), logits fixed_size_list<float16|float32>[C].
-Columns (--topk K): topk_logits fixed_size_list<float>[K], topk_ids
-fixed_size_list<int32>[K], lse float32 — the log-sum-exp of the full row, so
-the tail's total probability at τ = 1, 1 − Σ exp(topk − lse), is known.
+One row per sample: a class row for classification, a window of T token positions for
+text. Columns (full): index int64 (sample id in the split's canonical order), split
+(dictionary string: train | test), logits fixed_size_list<float16|float32>[P·V] (P = 1,
+or T positions). Columns (--topk K): topk_logits fixed_size_list<float>[P·K], topk_ids
+fixed_size_list<int32>[P·K], lse: float32 (classification) or fixed_size_list<float32>[T]
+— the log-sum-exp of each full row, so the tail's total probability at τ = 1,
+1 − Σ exp(topk − lse), is known.
 
-How a top-k file becomes teacher logits (`dense_logits`): the V − K tail classes
-share the tail mass equally, i.e. each gets the logit lse + log(tail_mass / (V − K)).
-At τ = 1 the teacher's top-k probabilities and tail mass are then exact; at
-other τ the tail behaves as V − K equal logits. The tail mass is never dropped.
+How a top-k row becomes teacher logits (`dense_logits`, and losses/topk.py which works on
+the stored values directly): the V − K tail classes share the tail mass equally, i.e. each
+gets the logit lse + log(tail_mass / (V − K)). At τ = 1 the teacher's top-k probabilities
+and tail mass are then exact; at other τ the tail behaves as V − K equal logits. The tail
+mass is never dropped.
 
-Reading goes through an Arrow memory map and flat buffers straight into tensors;
-no Python work per row.
+Files are written batch by batch (`LogitsWriter`), so dumping never holds a split; each
+split's content sha256 covers its rows chunk by chunk in file order (`chunks` records the
+rows per chunk) and goes in the file's footer metadata when the last batch is written.
+Reading goes through an Arrow memory map and flat buffers straight into tensors; no
+Python work per row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,24 +34,25 @@ import torch
 from kdcli.errors import ArtifactError
 from kdcli.io.atomic import atomic_path
 from kdcli.io.meta import decode, encode
+from kdcli.losses.topk import TopK
 
-LOGITS_FORMAT_VERSION = 2  # 2: `content_sha256` per split, Parquet page checksums
-READABLE_VERSIONS = (1, 2)  # version-1 files cannot be checked: they are read as they are
-ROW_GROUP_ROWS = 65536
+LOGITS_FORMAT_VERSION = 3  # 2: `content_sha256` per split, page checksums; 3: rows of T positions, chunked sha
+READABLE_VERSIONS = (1, 2, 3)  # version-1 files cannot be checked: they are read as they are
 
 
 @dataclass
 class TeacherLogits:
-    """One split's logits from a file, as stored: dense rows ([N, V] float16/float32) or top-k
-    rows (values, ids, log-sum-exp). Rows become float32 [n, V] only for the rows asked for,
-    so a top-k file of a large vocabulary is never densified for a whole split."""
+    """One split's logits from a file, as stored: dense rows ([N, *P, V] float16/float32) or
+    top-k rows (values and ids [N, *P, K], log-sum-exp [N, *P]); P = () or (T,). Rows become
+    float32 [n, *P, V] only for the rows asked for, so a top-k file of a large vocabulary is
+    never densified for a whole split."""
 
     index: np.ndarray  # int64 [N]: sample ids
     num_classes: int
-    dense: torch.Tensor | None = None  # [N, V] as stored
-    topk_values: torch.Tensor | None = None  # [N, K]
-    topk_ids: torch.Tensor | None = None  # [N, K] int64
-    lse: torch.Tensor | None = None  # [N] float32
+    dense: torch.Tensor | None = None
+    topk_values: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None  # int64
+    lse: torch.Tensor | None = None  # float32
 
     def positions_for(self, ids: np.ndarray, what: str) -> torch.Tensor:
         """The file rows of samples `ids`, in that order; every id must be present."""
@@ -64,85 +71,138 @@ class TeacherLogits:
         return TeacherLogits(self.index, self.num_classes, move(self.dense), move(self.topk_values),
                              move(self.topk_ids), move(self.lse))
 
+    def topk(self, positions: torch.Tensor) -> TopK:
+        """Top-k rows of file rows `positions` as stored (values as float32)."""
+        return TopK(self.topk_values[positions].float(), self.topk_ids[positions], self.lse[positions],
+                    self.num_classes)
+
     def rows(self, positions: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [n, V] of file rows `positions` (top-k rows filled in as `dense_logits`)."""
+        """Float32 logits [n, *P, V] of file rows `positions` (top-k rows filled in as `dense_logits`)."""
         if self.dense is not None:
             return self.dense[positions].float()
-        return dense_logits(self.topk_values[positions].float(), self.topk_ids[positions],
-                            self.lse[positions], self.num_classes)
+        top = self.topk(positions)
+        shape = top.values.shape[:-1]
+        flat = top.reshape_rows()
+        return dense_logits(flat.values, flat.ids, flat.lse, self.num_classes).reshape(*shape, -1)
 
     def rows_for(self, ids: np.ndarray, what: str) -> torch.Tensor:
         """Float32 logits of samples `ids`, in that order (small selections only)."""
         return self.rows(self.positions_for(ids, what))
 
 
+@dataclass
+class LogitsWriter:
+    """Writes a logits file batch by batch: `write(split, index, logits)` with float32 logits
+    [b, *P, V]; the file appears (atomically) when the `with` block ends without an error."""
+
+    path: Path
+    metadata: dict
+    num_classes: int
+    positions: int = 0  # T for rows of T token positions; 0 for one row per sample
+    dtype: str = "float32"
+    topk: int | None = None
+    _hashes: dict = field(default_factory=dict)
+    _chunks: dict = field(default_factory=dict)
+
+    def __enter__(self) -> LogitsWriter:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        value = pa.float16() if self.dtype == "float16" else pa.float32()
+        per_row = max(self.positions, 1)
+        if self.topk is None:
+            columns = [("logits", pa.list_(value, per_row * self.num_classes))]
+        else:
+            lse = pa.list_(pa.float32(), self.positions) if self.positions else pa.float32()
+            columns = [("topk_logits", pa.list_(value, per_row * self.topk)),
+                       ("topk_ids", pa.list_(pa.int32(), per_row * self.topk)), ("lse", lse)]
+        meta = {**self.metadata, "format": "kdcli-logits", "format_version": LOGITS_FORMAT_VERSION,
+                "num_classes": self.num_classes, "positions": self.positions, "dtype": self.dtype,
+                "topk": self.topk or 0}
+        self.schema = pa.schema([("index", pa.int64()), ("split", pa.dictionary(pa.int32(), pa.string())),
+                                 *columns], metadata=encode(meta))
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._writer = pq.ParquetWriter(tmp, self.schema, write_page_checksum=True)
+        return self
+
+    def write(self, split: str, index: np.ndarray, logits: torch.Tensor) -> None:
+        import pyarrow as pa
+
+        np_dtype = {"float16": np.float16, "float32": np.float32}[self.dtype]
+        logits = logits.float().cpu()
+        if self.topk is None:
+            stored = [logits.numpy().astype(np_dtype)]
+        else:
+            values, ids = logits.topk(self.topk, dim=-1)
+            stored = [values.numpy().astype(np_dtype), ids.numpy().astype(np.int32),
+                      torch.logsumexp(logits, dim=-1).numpy().astype(np.float32)]
+        index = np.asarray(index, dtype=np.int64)
+        h = self._hashes.setdefault(split, hashlib.sha256())
+        for a in (index, *stored):
+            h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+        self._chunks.setdefault(split, []).append(len(index))
+        arrays = [pa.array(index),
+                  pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(index), np.int32)), pa.array([split]))]
+        for a, typ in zip(stored, self.schema.types[2:]):
+            flat = pa.array(np.ascontiguousarray(a).reshape(-1), type=getattr(typ, "value_type", typ))
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, typ.list_size)
+                          if pa.types.is_fixed_size_list(typ) else flat)
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self._writer.add_key_value_metadata(encode({
+                    "content_sha256": {k: h.hexdigest() for k, h in self._hashes.items()},
+                    "chunks": self._chunks}))
+            self._writer.close()
+        finally:
+            self._atomic.__exit__(*exc)
+
+
 def write_logits(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
                  metadata: dict, dtype: str = "float32", topk: int | None = None) -> None:
-    """splits: name -> (index [N] int64, logits [N, C] float32)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    np_dtype = {"float16": np.float16, "float32": np.float32}[dtype]
-    arrow_dtype = pa.float16() if dtype == "float16" else pa.float32()
-    index = np.concatenate([ix for ix, _ in splits.values()]).astype(np.int64)
-    logits = np.concatenate([lg for _, lg in splits.values()]).astype(np.float32)
-    names = np.concatenate([np.full(len(ix), i, dtype=np.int32) for i, (ix, _) in enumerate(splits.values())])
-    columns = {
-        "index": pa.array(index),
-        "split": pa.DictionaryArray.from_arrays(pa.array(names), pa.array(list(splits))),
-    }
-    n, c = logits.shape
-
-    def fixed(values: np.ndarray, typ, width: int):
-        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=typ), width)
-
-    if topk is None:
-        stored = [logits.astype(np_dtype)]
-        columns["logits"] = fixed(stored[0], arrow_dtype, c)
-    else:
-        t = torch.from_numpy(logits)
-        values, ids = t.topk(topk, dim=1)
-        stored = [values.numpy().astype(np_dtype), ids.numpy().astype(np.int32),
-                  torch.logsumexp(t, dim=1).numpy().astype(np.float32)]
-        columns["topk_logits"] = fixed(stored[0], arrow_dtype, topk)
-        columns["topk_ids"] = fixed(stored[1], pa.int32(), topk)
-        columns["lse"] = pa.array(stored[2])
-    bounds = np.cumsum([0] + [len(ix) for ix, _ in splits.values()])
-    content = {name: content_sha256([index[a:b], *(arr[a:b] for arr in stored)])
-               for name, a, b in zip(splits, bounds[:-1], bounds[1:])}
-    meta = {**metadata, "format": "kdcli-logits", "format_version": LOGITS_FORMAT_VERSION,
-            "num_classes": c, "dtype": dtype, "topk": topk or 0, "content_sha256": content}
-    table = pa.table(columns).replace_schema_metadata(
-        encode(meta))
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
+    """splits: name -> (index [N] int64, logits [N, *P, V] float32), each written as one chunk."""
+    shape = next(iter(splits.values()))[1].shape
+    with LogitsWriter(Path(path), metadata, shape[-1], shape[1] if len(shape) == 3 else 0,
+                      dtype, topk) as writer:
+        for name, (index, logits) in splits.items():
+            writer.write(name, index, torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)))
 
 
-def content_sha256(arrays: list[np.ndarray]) -> str:
-    """sha256 over the bytes of a split's stored columns, in file order."""
+def content_sha256(arrays: list[np.ndarray], chunks: list[int] | None = None) -> str:
+    """sha256 over the bytes of a split's stored columns, chunk by chunk in file order (the
+    index, then each stored column, of each chunk); no `chunks`: the split is one chunk."""
     h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    bounds = np.cumsum([0, *(chunks or [len(arrays[0])])])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for arr in arrays:
+            h.update(np.ascontiguousarray(arr[a:b]).reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 
 def read_metadata(path: str | Path, flag: str = "--logits") -> dict:
-    """The decoded schema metadata of a logits file; raises ArtifactError if it is not one."""
+    """The decoded metadata of a logits file (schema and footer); ArtifactError if not one."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{flag} {path}: file not found")
     try:
-        raw = pq.read_schema(path).metadata or {}
+        raw = dict(pq.read_metadata(path).metadata or {})
     except Exception as exc:
         raise ArtifactError(f"{flag} {path}: not a readable Parquet file, it may be truncated ({exc})") from None
+    raw.pop(b"ARROW:schema", None)
     decoded = decode(raw)
     if decoded.get("format") != "kdcli-logits":
         raise ArtifactError(f"{flag} {path}: not a kdcli logits file (no kdcli schema metadata)")
     if decoded.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(f"{flag} {path}: logits format version {decoded.get('format_version')}, "
                             f"this kdcli reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    if decoded["format_version"] >= 2 and "content_sha256" not in decoded:
+        raise ArtifactError(f"{flag} {path}: was not written to the end (no content sha256); "
+                            "dump the logits again (dump-logits --overwrite)")
     return decoded
 
 
@@ -173,23 +233,27 @@ def read_logits(path: str | Path, split: str, flag: str = "--logits") -> Teacher
     if table.num_rows == 0:
         raise ArtifactError(f"{flag} {path}: holds no {split!r} rows")
     c, k = int(meta["num_classes"]), int(meta["topk"])
+    shape = (meta["positions"],) if meta.get("positions") else ()
     index = table.column("index").to_numpy()
+    chunks = (meta.get("chunks") or {}).get(split)
     if k == 0:
-        dense = _flat(table.column("logits")).reshape(-1, c)
-        _check_content(meta, split, [index, dense.numpy()], path, flag)
-        _check_finite(dense, path, split, flag)
+        dense = _flat(table.column("logits")).reshape(-1, *shape, c)
+        _check_content(meta, split, [index, dense.numpy()], chunks, path, flag)
+        _check_finite(dense.reshape(len(index), -1), path, split, flag)
         return TeacherLogits(index, c, dense=dense)
-    values = _flat(table.column("topk_logits")).reshape(-1, k)
-    ids = _flat(table.column("topk_ids")).reshape(-1, k)
-    lse = torch.from_numpy(table.column("lse").to_numpy().astype(np.float32))
-    _check_content(meta, split, [index, values.numpy(), ids.numpy(), lse.numpy()], path, flag)
-    _check_finite(torch.cat([values.float(), lse[:, None]], 1), path, split, flag)
+    values = _flat(table.column("topk_logits")).reshape(-1, *shape, k)
+    ids = _flat(table.column("topk_ids")).reshape(-1, *shape, k)
+    lse_column = table.column("lse")
+    lse = (_flat(lse_column) if shape else torch.from_numpy(lse_column.to_numpy())).float().reshape(-1, *shape)
+    _check_content(meta, split, [index, values.numpy(), ids.numpy(), lse.numpy()], chunks, path, flag)
+    _check_finite(torch.cat([values.reshape(len(index), -1).float(), lse.reshape(len(index), -1)], 1),
+                  path, split, flag)
     return TeacherLogits(index, c, topk_values=values, topk_ids=ids.long(), lse=lse)
 
 
-def _check_content(meta: dict, split: str, arrays: list[np.ndarray], path, flag: str) -> None:
+def _check_content(meta: dict, split: str, arrays: list[np.ndarray], chunks, path, flag: str) -> None:
     expected = (meta.get("content_sha256") or {}).get(split)
-    if meta["format_version"] >= 2 and content_sha256(arrays) != expected:
+    if meta["format_version"] >= 2 and content_sha256(arrays, chunks) != expected:
         raise ArtifactError(f"{flag} {path}: the {split} rows do not match the sha256 recorded when "
                             "they were written (the file is damaged); dump the logits again "
                             "(dump-logits --overwrite)")

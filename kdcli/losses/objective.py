@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from kdcli.losses import kd_loss
+from kdcli.losses.topk import topk_kd_loss
 from kdcli.task import Task
-from kdcli.teacher import TeacherRows
+from kdcli.teacher import StoredRows, TeacherRows
 
 
 @dataclass
@@ -35,7 +36,8 @@ class KDLoss:
     """α·τ²·KL(softmax(t/τ) ‖ softmax(s/τ)) + (1−α)·CE(y, s), mean over counted rows.
 
     `teacher` gives the teacher's logits of the batch (stored or computed); `backend` is
-    already resolved for the device (kdcli.losses.resolve_backend).
+    already resolved for the device (kdcli.losses.resolve_backend). Stored top-k rows go to
+    losses/topk.py as they are, with the tail treatment `topk_tail`.
     """
 
     task: Task
@@ -44,8 +46,14 @@ class KDLoss:
     backend: str
     teacher: TeacherRows | None  # None when α = 0: no teacher term
     label_smoothing: float = 0.0
+    topk_tail: str = "uniform"
 
     def __call__(self, logits, x, targets, positions) -> torch.Tensor:
+        if isinstance(self.teacher, StoredRows) and self.teacher.sparse:
+            s, y = self.task.rows(logits, targets)
+            return topk_kd_loss(s, self.teacher.topk(positions).reshape_rows(), tau=self.tau,
+                                alpha=self.alpha, labels=y, mask=self.task.mask(targets),
+                                tail=self.topk_tail, label_smoothing=self.label_smoothing)
         t = self.teacher(positions, x) if self.teacher is not None else logits.detach()
         return kd_loss(logits, t, tau=self.tau, alpha=self.alpha, labels=targets,
                        mask=self.task.mask(targets), backend=self.backend,

@@ -13,6 +13,7 @@ from kdcli.data.base import Split
 from kdcli.errors import ConfigError
 from kdcli.task import Task
 from kdcli.teacher import TeacherRows
+from kdcli.train.loop import inference_batch
 
 
 @torch.inference_mode()
@@ -23,6 +24,7 @@ def matched_smoothing(teacher: TeacherRows, subset: Split, task: Task, tau: floa
     if c < 2:
         raise ConfigError("--match-smoothing-tau: label smoothing needs at least two classes")
     target_mass = []  # one float64 per row: never a split's logits
+    batch_size = inference_batch(batch_size, subset, task)
     for start in range(0, len(subset), batch_size):
         positions = torch.arange(start, min(start + batch_size, len(subset)), device=device)
         x = model_input(subset.x[start:start + batch_size].to(device))

@@ -42,7 +42,9 @@ def arm(run: dict) -> str | None:
         name = f"kd τ={kd['tau']:g} α={kd['alpha']:g}" + (f" ε={ls:g}" if ls else "")
         if kd.get("mode") == "online":
             name += " online"
-        return name + (f" top-{kd['topk']}" if kd.get("topk") else "")
+        if kd.get("topk"):
+            name += f" top-{kd['topk']}" + (" bucket" if kd.get("topk_tail") == "bucket" else "")
+        return name
     if run.get("stage") == "train-labels" and run.get("teacher"):
         if run["config"].get("match_smoothing_tau"):
             return f"ls matched τ={run['config']['match_smoothing_tau']:g}"

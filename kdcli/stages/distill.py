@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdcli.config import DistillConfig
+from kdcli.errors import ConfigError
 from kdcli.io.provenance import now_iso
 from kdcli.losses import resolve_backend
 from kdcli.losses.objective import KDLoss
@@ -20,6 +21,8 @@ from kdcli.stages import rundir
 from kdcli.stages.inputs import prepare, resolve
 from kdcli.train.loop import fit
 
+TAIL = {"uniform": "V-K tail classes share the stored tail mass equally",
+        "bucket": "(K+1)-bucket KL: top-k classes plus one rest bucket"}
 LOSS = "alpha*tau^2*KL(softmax(t/tau)||softmax(s/tau)) + (1-alpha)*CE(y,s), mean over rows"
 
 
@@ -33,20 +36,25 @@ def run(cfg: DistillConfig, progress: Progress | None = None) -> rundir.RunResul
     c = p.cfg
 
     train = p.subset.split
-    objective = KDLoss(p.task, c.tau, c.alpha, resolve_backend(c.kd_backend, p.device),
-                       p.teacher_rows("train", train) if c.alpha > 0 else None, c.label_smoothing)
-    test = p.dataset.test()
-    teacher_test = p.teacher_rows("test", test)  # fidelity; a bad logits file fails here, before --out
+    topk = (p.teacher.logits_meta or {}).get("topk")
+    if topk and c.alpha > 0 and c.kd_backend != "auto":
+        raise ConfigError(f"--kd-backend {c.kd_backend}: --logits {p.teacher.logits} holds top-{topk} rows, "
+                          "not full ones; they go to the top-k loss as stored (--topk-tail), which no "
+                          "dense backend takes. Leave --kd-backend at auto, or dump full logits")
+    backend = "topk" if topk and c.alpha > 0 else resolve_backend(c.kd_backend, p.device)
+    objective = KDLoss(p.task, c.tau, c.alpha, backend,
+                       p.teacher_rows("train", train) if c.alpha > 0 else None, c.label_smoothing,
+                       c.topk_tail)
+    evaluator = p.evaluator()  # with fidelity; a bad logits file fails here, before --out
 
     kd = {"tau": c.tau, "alpha": c.alpha, "backend": objective.backend,
           "mode": "offline" if p.teacher.logits else "online", "loss": LOSS}
-    if p.teacher.logits_meta and p.teacher.logits_meta.get("topk"):
-        kd["topk"] = p.teacher.logits_meta["topk"]
-        kd["topk_tail"] = "V-K tail classes share the stored tail mass equally"
+    if topk:
+        kd["topk"] = topk
+        kd["topk_tail"], kd["topk_tail_definition"] = c.topk_tail, TAIL[c.topk_tail]
 
     with rundir.claim(c, action) as out:
-        rows = fit(c, p.model, train, test, task=p.task, model_input=p.dataset.model_input,
-                   objective=objective, device=p.device, run_dir=out, progress=progress,
-                   teacher_test=teacher_test)
+        rows = fit(c, p.model, train, evaluator, task=p.task, model_input=p.dataset.model_input,
+                   objective=objective, device=p.device, run_dir=out, progress=progress)
         run = rundir.finish(p, out, rows, started, {"method": "kd", "kd": kd})
     return rundir.RunResult(out, False, run, rows)

@@ -19,6 +19,7 @@ from kdcli.models import build_model, resolve_model_args
 from kdcli.task import Task
 from kdcli.teacher import TeacherRows, TeacherSource, resolve_teacher
 from kdcli.train.device import use_device
+from kdcli.train.loop import Evaluator
 from kdcli.train.recipes import apply_recipe
 
 DEFAULT_DATASET, DEFAULT_MODEL = "mnist1d", "cnn1d"
@@ -86,6 +87,17 @@ class Prepared:
         if self.teacher.logits is None and self._teacher_model is None:
             self._teacher_model = self.teacher.load_model(self.device)
         return self.teacher.rows(split_name, split, self.device, self._teacher_model)
+
+    def evaluator(self) -> Evaluator:
+        """The test split and the dataset's further test splits (out-of-distribution text), with
+        the teacher's rows for fidelity when there is a teacher (a bad logits file fails here,
+        before --out is touched)."""
+        splits = {"": ("test", self.dataset.test()),
+                  **{name: (name, split) for name, split in self.dataset.extra_tests().items()}}
+        sets = {prefix: (split, self.teacher_rows(name, split) if self.teacher is not None else None)
+                for prefix, (name, split) in splits.items()}
+        return Evaluator(sets, self.task, self.dataset.model_input, self.cfg.eval_batch_size, self.device,
+                         self.dataset.token_bytes)
 
 
 def prepare(r: Resolved) -> Prepared:

@@ -40,12 +40,10 @@ def run(cfg: TrainConfig, progress: Progress | None = None) -> rundir.RunResult:
                                 p.dataset.model_input, p.device, p.cfg.eval_batch_size)
         p.cfg = p.cfg.replace(label_smoothing=eps)
     objective = LabelLoss(p.task, p.cfg.label_smoothing)
-    test = p.dataset.test()
-    teacher_test = p.teacher_rows("test", test) if p.teacher is not None else None  # fidelity
+    evaluator = p.evaluator()  # with fidelity when there is a teacher
 
     with rundir.claim(p.cfg, action) as out:
-        rows = fit(p.cfg, p.model, p.subset.split, test, task=p.task, model_input=p.dataset.model_input,
-                   objective=objective, device=p.device, run_dir=out, progress=progress,
-                   teacher_test=teacher_test)
+        rows = fit(p.cfg, p.model, p.subset.split, evaluator, task=p.task, model_input=p.dataset.model_input,
+                   objective=objective, device=p.device, run_dir=out, progress=progress)
         run = rundir.finish(p, out, rows, started, {"method": "labels"})
     return rundir.RunResult(out, False, run, rows)

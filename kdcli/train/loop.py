@@ -38,6 +38,17 @@ Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], t
 EVALUATIONS_BY_DEFAULT = 10
 
 
+# Inference batches of long windows over large vocabularies are capped to this many logits
+# (64 MB in float32): 64 windows of 128 tokens at V = 2,048. Classification batches never are.
+LOGITS_PER_BATCH = 1 << 24
+
+
+def inference_batch(batch_size: int, split: Split, task: Task) -> int:
+    """Samples per inference batch: `batch_size`, fewer when a sample has many rows of logits."""
+    rows = split.y[0].numel() if len(split) else 1
+    return max(1, min(batch_size, LOGITS_PER_BATCH // (rows * task.outputs)))
+
+
 @torch.inference_mode()
 def predict_batches(model: torch.nn.Module, x: torch.Tensor, model_input: Callable, batch_size: int,
                     device: torch.device):
@@ -48,16 +59,21 @@ def predict_batches(model: torch.nn.Module, x: torch.Tensor, model_input: Callab
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Callable,
-             batch_size: int, device: torch.device, teacher: TeacherRows | None = None) -> dict:
+             batch_size: int, device: torch.device, teacher: TeacherRows | None = None,
+             token_bytes: torch.Tensor | None = None) -> dict:
     """The task's test metrics (mean over rows), and fidelity to the teacher when there is one.
 
     Accumulates one scalar per row, batch by batch; never holds a split's logits.
     teacher_agreement: top-1 agreement; teacher_kl: KL(softmax(t) ‖ softmax(s)) at τ = 1, nats.
+    Sequence tasks add test_ppl = exp(test_loss) and, given the bytes each token stands for,
+    test_bpb = Σ loss / (ln 2 · Σ bytes of the target tokens): bits per byte of the evaluated
+    text, comparable across tokenizers.
     """
     was_training = model.training
     model.eval()
     values: dict[str, list] = {name: [] for name in task.metrics}
-    agree, kl = [], []
+    agree, kl, nbytes = [], [], []
+    batch_size = inference_batch(batch_size, split, task)
     for start in range(0, len(split), batch_size):
         x = model_input(split.x[start:start + batch_size].to(device))
         s, y = task.rows(model(x).float(), split.y[start:start + batch_size].to(device))
@@ -70,15 +86,49 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
             s, y, t = s[keep], y[keep], (None if t is None else t[keep])
         for name in task.metrics:
             values[name].append(ROW_METRICS[name](s, y))
+        if token_bytes is not None:
+            nbytes.append(token_bytes.to(device)[y])
         if t is not None:
             agree.append(s.argmax(-1) == t.argmax(-1))
             kl.append(kd_rows(s.double(), t.double(), 1.0))
     model.train(was_training)
     out = {name: torch.cat(v).double().mean().item() for name, v in values.items()}
+    if task.kind == "sequence" and "test_loss" in out:
+        out["test_ppl"] = math.exp(out["test_loss"])
+        if token_bytes is not None:
+            total = torch.cat(values["test_loss"]).double().sum().item()
+            out["test_bpb"] = total / (math.log(2) * torch.cat(nbytes).double().sum().item())
     if teacher is not None:
         out["teacher_agreement"] = torch.cat(agree).double().mean().item()
         out["teacher_kl"] = torch.cat(kl).mean().item()
     return out
+
+
+@dataclass
+class Evaluator:
+    """What each evaluation measures: the test split, and any further test split (e.g. an
+    out-of-distribution text) with its columns prefixed by its name; fidelity to the teacher
+    on each where there is one."""
+
+    sets: dict[str, tuple[Split, TeacherRows | None]]  # prefix ("" for the test split) -> split, teacher
+    task: Task
+    model_input: Callable
+    batch_size: int
+    device: torch.device
+    token_bytes: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> Evaluator:
+        """The same evaluation with the splits' samples on `device`."""
+        sets = {k: (Split(s.x.to(device), s.y.to(device), s.index), t) for k, (s, t) in self.sets.items()}
+        return Evaluator(sets, self.task, self.model_input, self.batch_size, device, self.token_bytes)
+
+    def __call__(self, model: torch.nn.Module) -> dict:
+        out = {}
+        for prefix, (split, teacher) in self.sets.items():
+            got = evaluate(model, split, self.task, self.model_input, self.batch_size, self.device,
+                           teacher, self.token_bytes)
+            out.update({f"{prefix}_{k}" if prefix else k: v for k, v in got.items()})
+        return out
 
 
 def steps_plan(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
@@ -132,9 +182,9 @@ class TrainMeter:
                 "seconds": time.perf_counter() - self.started}
 
 
-def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, test: Split, *, task: Task,
+def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evaluator, *, task: Task,
         model_input: Callable, objective: Objective, device: torch.device, run_dir: Path,
-        progress: Progress | None = None, teacher_test: TeacherRows | None = None) -> list[dict]:
+        progress: Progress | None = None) -> list[dict]:
     """Train `model` in place; returns one metrics row per evaluation.
 
     With cfg.resume the state of the last checkpoint is restored (weights, optimiser,
@@ -162,7 +212,7 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, test: Split, *, 
     evals = Every(cfg.eval_every, "--eval-every", default_steps=math.ceil(total / EVALUATIONS_BY_DEFAULT))
     checkpoints = Every(cfg.checkpoint_every, "--checkpoint-every")
     x, y = train.x.to(device), train.y.to(device)
-    test = Split(test.x.to(device), test.y.to(device), test.index)
+    evaluator = evaluator.to(device)
     progress.start(total, step)
     model.train()
     lr = lr_at(cfg, step, total, per_epoch)
@@ -198,7 +248,7 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, test: Split, *, 
             progress.advance(step)
             if step == total or evals.due(step):
                 row = {"step": step, "epoch": step / per_epoch, **meter.row(), "lr": lr,
-                       **evaluate(model, test, task, model_input, cfg.eval_batch_size, device, teacher_test)}
+                       **evaluator(model)}
                 rows.append(row)
                 progress.metrics(row)
                 meter = TrainMeter.zeros(device)
