@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 import typer
@@ -11,7 +10,9 @@ from kdcli.cli.main import app
 
 
 def _f(v, spec: str = ".2f") -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+    from kdcli.stages.report import fmt
+
+    return fmt(v, spec)
 
 
 @app.command("report")
@@ -30,7 +31,10 @@ def report_cmd(
                          "all); by default only their presence and size are checked.")] = False,
 ) -> None:
     """Pair students with their label-trained twins: PI per κ, τ, ε (for classification
-    acc(arm) − acc(labels) in points; each run's task says which metric)."""
+    acc(arm) − acc(labels) in points; for language models the relative reduction of the
+    per-token test cross-entropy in %, beside the perplexity reduction, the top-1 token
+    accuracy change and bits per byte). Classification and language models get tables of
+    their own."""
     from rich.table import Table
 
     from kdcli.cli.display import console, err_console
@@ -41,54 +45,59 @@ def report_cmd(
                               verify=verify)
     result = report.run(cfg)
     ci_name = f"95% CI ({'bootstrap' if bootstrap else 't'})"
-    table = Table(title=f"PI vs κ — {root}", header_style="bold")
-    metric = result.rows[0]["metric"].removeprefix("test_") if result.rows else "acc"
-    cols = ["arm", "model", *result.group_by, "κ", "n", "pairs", f"arm {metric}", f"labels {metric}", "PI",
-            ci_name, f"teacher {metric}", "agree arm/labels", "KL arm/labels"]
-    for name in cols:
-        table.add_column(name, justify="left" if name in ("arm", "model") else "right")
-    for r in result.rows:
-        ci = "—" if math.isnan(r["pi_lo"]) else f"[{r['pi_lo']:+.2f}, {r['pi_hi']:+.2f}]"
-        table.add_row(r["arm"], r["model"], *(str(r[g]) for g in result.group_by), f"{r['kappa']:g}",
-                      str(r["n_train"]), str(r["pairs"]), _f(r["arm_metric"]), _f(r["labels_metric"]),
-                      _f(r["pi"], "+.2f"), ci, _f(r["teacher_metric"]),
-                      f"{_f(r['arm_agreement'], '.1f')}/{_f(r['labels_agreement'], '.1f')}",
-                      f"{_f(r['arm_kl'], '.3f')}/{_f(r['labels_kl'], '.3f')}")
-    if result.rows:
-        console.print(table)
-    else:
+    if not result.rows:
         err_console.print(f"{root}: no distill / train-labels pairs found ({len(result.scan.runs)} completed runs)")
-    for t in result.tau_tables:
-        panel = ", ".join(f"{k}={v}" for k, v in t["panel"].items() if k != "teacher")
-        heat = Table(title=f"PI by τ × κ (points, α = 1) — {panel}", header_style="bold")
-        heat.add_column("τ \\ κ")
-        for k in t["kappas"]:
-            heat.add_column(f"{k:g}", justify="right")
-        for tau, row in zip(t["taus"], t["pi"]):
-            heat.add_row(f"{tau:g}", *(_f(v, "+.2f") for v in row))
-        console.print(heat)
-    if result.ls_table:
-        arms = [k for k in result.ls_table[0] if k not in ("model", "teacher", "kappa", *result.group_by)]
-        ls = Table(title="Label-smoothing control: PI (points) per arm", header_style="bold")
-        for name in ["κ", *arms]:
-            ls.add_column(name, justify="right")
-        for r in result.ls_table:
-            ls.add_row(f"{r['kappa']:g}", *(_f(r.get(a), "+.2f") for a in arms))
-        console.print(ls)
-    if result.fidelity:
-        fid = Table(title="Does fidelity track PI? Pearson r across pairs", header_style="bold")
-        for name in ("arm", "pairs", "r(PI, agreement gain)", "r(PI, KL reduction)"):
-            fid.add_column(name, justify="right")
-        for a, v in result.fidelity.items():
-            fid.add_row(a, str(v["pairs"]), _f(v["r_pi_agreement_gain"], "+.3f"), _f(v["r_pi_kl_reduction"], "+.3f"))
-        console.print(fid)
-    if result.cka_rows:
-        cka = Table(title="CKA with the teacher vs κ", header_style="bold")
-        for name in ("arm", "estimator", "κ", "CKA", "files"):
-            cka.add_column(name, justify="right")
-        for r in result.cka_rows:
-            cka.add_row(r["arm"], r["estimator"], f"{r['kappa']:g}", _f(r["cka"], ".4f"), str(r["n"]))
-        console.print(cka)
+    for part in result.kinds:
+        # one block of tables per task kind: classification, then language models
+        lm = "Language models — " if part.lm else ""
+        group_by = part.group_by
+        if part.lm:
+            title = f"PI vs κ, language models: {report.pi_label(part.rows[0])} — {root}"
+        else:
+            title = f"PI vs κ — {root}"
+        table = Table(title=title, header_style="bold",
+                      caption=report.ci_note(part.rows[0]["ci"]) if part.lm else None)
+        cols, cells = report.pi_table(part, ci_name)
+        for name in cols:
+            # the LM table is wide: rich folds its cells that have spaces, never cuts '3.410/3.535'
+            fixed = part.lm and name.endswith(" arm/labels")
+            table.add_column(name.replace(" arm/labels", "\narm/labels") if fixed else name, no_wrap=fixed,
+                             justify="left" if name in ("arm", "model") else "right")
+        for row in cells:
+            table.add_row(*row)
+        console.print(table)
+        for t in part.tau_tables:
+            panel = ", ".join(f"{k}={v}" for k, v in t["panel"].items() if k != "teacher")
+            heat = Table(title=f"{lm}PI by τ × κ ({part.unit}, α = 1) — {panel}", header_style="bold")
+            heat.add_column("τ \\ κ")
+            for k in t["kappas"]:
+                heat.add_column(f"{k:g}", justify="right")
+            for tau, row in zip(t["taus"], t["pi"]):
+                heat.add_row(f"{tau:g}", *(_f(v, "+.2f") for v in row))
+            console.print(heat)
+        if part.ls_table:
+            arms = [k for k in part.ls_table[0] if k not in ("model", "teacher", "kappa", *group_by)]
+            ls = Table(title=f"{lm}Label-smoothing control: PI ({part.unit}) per arm", header_style="bold")
+            for name in ["κ", *arms]:
+                ls.add_column(name, justify="right")
+            for r in part.ls_table:
+                ls.add_row(f"{r['kappa']:g}", *(_f(r.get(a), "+.2f") for a in arms))
+            console.print(ls)
+        if part.fidelity:
+            fid = Table(title=f"{lm}Does fidelity track PI? Pearson r across pairs", header_style="bold")
+            for name in ("arm", "pairs", "r(PI, agreement gain)", "r(PI, KL reduction)"):
+                fid.add_column(name, justify="right")
+            for a, v in part.fidelity.items():
+                fid.add_row(a, str(v["pairs"]), _f(v["r_pi_agreement_gain"], "+.3f"),
+                            _f(v["r_pi_kl_reduction"], "+.3f"))
+            console.print(fid)
+        if part.cka_rows:
+            cka = Table(title=f"{lm}CKA with the teacher vs κ", header_style="bold")
+            for name in ("arm", "estimator", "κ", "CKA", "files"):
+                cka.add_column(name, justify="right")
+            for r in part.cka_rows:
+                cka.add_row(r["arm"], r["estimator"], f"{r['kappa']:g}", _f(r["cka"], ".4f"), str(r["n"]))
+            console.print(cka)
     for label, dirs in (("unpaired", [r["dir"] for r in result.pairing.unpaired]),
                         ("duplicate (not counted)", [r["dir"] for r in result.pairing.duplicates]),
                         ("label run without --teacher (cannot pair)", [r["dir"] for r in result.pairing.no_teacher]),

@@ -34,6 +34,35 @@ def agreement_gain(p: Pair) -> float:
     return 100 * (final_metric(p.run, "teacher_agreement") - final_metric(p.labels, "teacher_agreement"))
 
 
+def relative_reduction(arm: float, labels: float) -> float:
+    """100·(labels − arm)/labels: a loss's relative reduction in %."""
+    return 100 * (labels - arm) / labels
+
+
+def ppl_reduction(p: Pair) -> float:
+    """Perplexity reduction of one pair in %: 100·(1 − ppl(arm)/ppl(labels)) = 100·(1 − exp(CE_arm − CE_labels))."""
+    return 100 * -math.expm1(final_metric(p.run, "test_loss") - final_metric(p.labels, "test_loss"))
+
+
+def acc_change(p: Pair) -> float:
+    """Top-1 accuracy (for sequence tasks: of the next token), arm minus labels, in points."""
+    return 100 * (final_metric(p.run, "test_acc") - final_metric(p.labels, "test_acc"))
+
+
+def ood_pi(p: Pair) -> float:
+    """Relative CE reduction (%) on the out-of-distribution test text."""
+    return relative_reduction(final_metric(p.run, "ood_test_loss"), final_metric(p.labels, "ood_test_loss"))
+
+
+def has_ood(p: Pair) -> bool:
+    return all(r["final"].get("ood_test_loss") is not None for r in (p.run, p.labels))
+
+
+def task_kind(p: Pair) -> str:
+    """'classification' or 'sequence' (language models): rows and tables of the two never mix."""
+    return Task.of_run(p.run).kind
+
+
 def arm_order(arm: str, kd: dict) -> tuple:
     """KD arms by τ then α (numerically), then label-smoothing arms."""
     return (0, kd["tau"], -kd["alpha"], arm) if kd else (1, 0.0, 0.0, arm)
@@ -48,35 +77,60 @@ def varying_fields(pairs: list[Pair]) -> list[str]:
     return sorted(k for k, v in values.items() if len(v) > 1 and k not in ("seed", "subset_seed", "kappa"))
 
 
+def model_labels(pairs: list[Pair]):
+    """A function naming a pair's student model: its name, plus the arguments that differ
+    between students of that name in `pairs` (e.g. `gpt n_embd=48 n_layer=2`), so students of
+    one name but different sizes never share a row."""
+    varying: dict[str, set[str]] = defaultdict(set)
+    seen: dict[str, dict] = {}
+    for p in pairs:
+        name, args = p.run["model"]["name"], p.run["model"]["args"]
+        first = seen.setdefault(name, args)
+        varying[name] |= {k for k in set(first) | set(args) if first.get(k) != args.get(k)}
+
+    def label(run: dict) -> str:
+        name, args = run["model"]["name"], run["model"]["args"]
+        return " ".join([name, *(f"{k}={args.get(k)}" for k in sorted(varying[name]))])
+    return label
+
+
 def pi_rows(pairs: list[Pair], teacher_metric: dict[str, float], group_by: tuple[str, ...] = (),
             bootstrap: int = 0) -> list[dict]:
     """The primary metric of both arms (accuracy in %) and PI as the task defines it (points for
     accuracy); fidelity (agreement in points, KL in nats) of both arms.
 
+    Rows of sequence tasks (language models) add, each with its interval (`_lo`, `_hi`):
+    `ppl_reduction` (100·(1 − exp(CE_arm − CE_labels)), %), `acc_change` (top-1 token accuracy,
+    arm − labels, points) and, where every pair recorded `ood_test_loss` in both runs, `ood_pi`
+    (relative CE reduction on the out-of-distribution text, %; None otherwise); and the arms'
+    mean bits per byte (`arm_bpb`, `labels_bpb`). Classification rows have none of these keys.
+
     Rows pool the pairs that differ only in seed and subset seed; `group_by` should
     include every other setting that varies (see varying_fields).
     """
     groups: dict[tuple, list[Pair]] = defaultdict(list)
+    label = model_labels(pairs)
     for p in pairs:
         extra = tuple(p.run["config"].get(g) for g in group_by)
-        groups[(p.arm, p.run["model"]["name"], p.run["teacher"]["run_id"], *extra,
-                p.run["subset"]["kappa"])].append(p)
-    def order(item):
+        groups[(p.arm, label(p.run), p.run["teacher"]["run_id"], *extra,
+                p.run["subset"]["kappa"], task_kind(p) == "sequence")].append(p)
+    def order(item):  # classification rows first; a group never mixes the two kinds
         key, members = item
         kd = members[0].run.get("kd") or {}
-        return (arm_order(key[0], kd), tuple(str(k) for k in key[1:-1]), key[-1])
+        return (key[-1], arm_order(key[0], kd), tuple(str(k) for k in key[1:-2]), key[-2])
+    interval = (lambda v: bootstrap_ci(v, bootstrap)) if bootstrap else mean_ci
 
     rows = []
     for key, members in sorted(groups.items(), key=order):
         arm, model, teacher = key[:3]
-        kappa = key[-1]
+        kappa = key[-2]
         task = Task.of_run(members[0].run)
         diffs = [pair_pi(p) for p in members]
-        pi, lo, hi = bootstrap_ci(diffs, bootstrap) if bootstrap else mean_ci(diffs)
+        pi, lo, hi = interval(diffs)
         kd = members[0].run.get("kd") or {}
-        rows.append({
+        row = {
             "arm": arm, "model": model, "teacher": teacher,
-            **{g: v for g, v in zip(group_by, key[3:-1])},
+            **{g: v for g, v in zip(group_by, key[3:-2])},
             "tau": kd.get("tau"), "alpha": kd.get("alpha"),
             "label_smoothing": members[0].run["config"].get("label_smoothing", 0.0),
             "kappa": kappa, "n_train": members[0].run["subset"]["size"], "pairs": len(members),
@@ -90,8 +144,25 @@ def pi_rows(pairs: list[Pair], teacher_metric: dict[str, float], group_by: tuple
             "arm_kl": nanmean([final_metric(p.run, "teacher_kl") for p in members]),
             "labels_kl": nanmean([final_metric(p.labels, "teacher_kl") for p in members]),
             "seeds": sorted(p.run["config"]["seed"] for p in members),
-        })
+        }
+        if task.kind == "sequence":
+            row.update(sequence_columns(members, interval))
+        rows.append(row)
     return rows
+
+
+def sequence_columns(members: list[Pair], interval) -> dict:
+    """A language-model row's perplexity, token-accuracy, bits-per-byte and OOD columns."""
+    out = {}
+    for name, per_pair in (("ppl_reduction", ppl_reduction), ("acc_change", acc_change)):
+        out[name], out[f"{name}_lo"], out[f"{name}_hi"] = interval([per_pair(p) for p in members])
+    out["arm_bpb"] = nanmean([final_metric(p.run, "test_bpb") for p in members])
+    out["labels_bpb"] = nanmean([final_metric(p.labels, "test_bpb") for p in members])
+    if all(has_ood(p) for p in members):
+        out["ood_pi"], out["ood_pi_lo"], out["ood_pi_hi"] = interval([ood_pi(p) for p in members])
+    else:
+        out["ood_pi"] = out["ood_pi_lo"] = out["ood_pi_hi"] = None
+    return out
 
 
 def fidelity_correlation(pairs: list[Pair]) -> dict[str, dict[str, float]]:

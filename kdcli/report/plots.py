@@ -34,26 +34,91 @@ def _lines(rows: list[dict]) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda r: r["kappa"]) for k, v in lines.items()}
 
 
-def pi_vs_kappa(rows: list[dict], path: Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+def is_lm(row: dict) -> bool:
+    """A row of a sequence task (language model): kdcli.report.pi gives only those `ppl_reduction`."""
+    return "ppl_reduction" in row
+
+
+def _one_kind(rows: list[dict]) -> list[dict]:
+    """LM and classification curves never share an axis (their PI are different quantities)."""
+    if len({(is_lm(r), r["metric"], r["pi_method"]) for r in rows}) > 1:
+        raise ValueError("rows of different tasks (metric or PI method) on one plot; plot each kind apart")
+    return rows
+
+
+def _curves(ax, rows: list[dict], key: str, colors: dict[str, str] | None = None,
+            lone_bars: bool = False) -> bool:
+    """One line per arm of `key` against κ, with its 95% CI band (`key_lo`, `key_hi`) unless
+    there are too many bands to read; whether bands were drawn. colors: per line label;
+    lone_bars: an error bar for a line of one point (it has no band)."""
     lines = _lines(rows)
-    bands = {label: [(r["kappa"], r["pi_lo"], r["pi_hi"]) for r in line if not math.isnan(r["pi_lo"])]
+    bands = {label: [(r["kappa"], r[f"{key}_lo"], r[f"{key}_hi"]) for r in line
+                     if r[f"{key}_lo"] is not None and not math.isnan(r[f"{key}_lo"])]
              for label, line in lines.items()}
     show_bands = sum(len(b) > 1 for b in bands.values()) <= 3  # more hide the lines (the CSV has them)
     for label, line in lines.items():
         k = [r["kappa"] for r in line]
-        ax.plot(k, [r["pi"] for r in line], marker="o", label=label)
+        y = [math.nan if r[key] is None else r[key] for r in line]
+        color = {"color": colors[label]} if colors else {}  # else matplotlib's cycles, as ever
+        (drawn,) = ax.plot(k, y, marker="o", label=label, **color)
         band = bands[label]
         if len(band) > 1 and show_bands:
-            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], alpha=0.2)
+            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], alpha=0.2,
+                            **color)
+        elif len(band) == 1 and len(line) == 1 and lone_bars:
+            ax.errorbar(k, y, yerr=[[y[0] - band[0][1]], [band[0][2] - y[0]]], capsize=4,
+                        color=drawn.get_color())
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
+    if lone_bars:
+        _one_kappa_axis(ax, rows)
+    return show_bands
+
+
+def _one_kappa_axis(ax, rows: list[dict]) -> None:
+    """Where every row has the same κ: a decade around it, not a degenerate log axis."""
+    kappas = {r["kappa"] for r in rows}
+    if len(kappas) == 1:
+        from matplotlib.ticker import NullFormatter
+
+        (k,) = kappas
+        ax.set_xlim(k / 3, k * 3)
+        ax.set_xticks([k], [f"{k:g}"])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def pi_vs_kappa(rows: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    show_bands = _curves(ax, _one_kind(rows), "pi", lone_bars=is_lm(rows[0]))
     ax.set_xlabel("κ (student samples / teacher's n_T)")
     ax.set_ylabel(pi_label(rows[0]))
-    ax.set_title("Performance increment vs κ (mean" + (", 95% CI band" if show_bands else "")
-                 + " over paired seeds)")
+    what = "(mean" + ((", 95% CI" if is_lm(rows[0]) else ", 95% CI band") if show_bands else "") + " over paired seeds)"
+    ax.set_title(f"Language models: performance increment vs κ\n{what}" if is_lm(rows[0])
+                 else f"Performance increment vs κ {what}")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def lm_metrics_vs_kappa(rows: list[dict], path: Path) -> Path:
+    """Language-model rows: perplexity reduction, top-1 token-accuracy change and (where every
+    pair has one) the out-of-distribution PI vs κ, one panel each, with 95% CI bands."""
+    plt = _pyplot()
+    panels = [("ppl_reduction", "perplexity reduction (%)\n100·(1 − ppl(KD)/ppl(labels))"),
+              ("acc_change", "Δ top-1 token accuracy (points)\nKD − labels")]
+    if any(r.get("ood_pi") is not None for r in _one_kind(rows)):
+        panels.append(("ood_pi", "PI on OOD text: relative\ntest CE reduction (%)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False, sharex=True)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {label: cycle[i % len(cycle)] for i, label in enumerate(_lines(rows))}  # one per arm, every panel
+    for ax, (key, label) in zip(axes[0], panels):
+        show_bands = _curves(ax, [r for r in rows if r.get(key) is not None], key, colors, lone_bars=True)
+        ax.set_xlabel("κ (student samples / teacher's n_T)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.suptitle("Language models vs κ (mean" + (", 95% CI" if show_bands else "")
+                 + " over paired seeds)")
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -62,10 +127,21 @@ def pi_label(row: dict) -> str:
     if row["pi_method"] == "difference_points":
         name = "acc" if row["metric"] == "test_acc" else row["metric"]
         return f"PI = {name}(arm) − {name}(labels) (points)"
+    if row["metric"] == "test_loss":
+        return "PI: relative test CE reduction (%)"
     return f"PI = relative reduction of {row['metric']} (%)"
 
 
+def pi_unit(row: dict) -> str:
+    """PI's unit, short, for table and plot titles."""
+    if row["pi_method"] == "difference_points":
+        return "points"
+    return "rel. CE reduction %" if row["metric"] == "test_loss" else f"rel. {row['metric']} reduction %"
+
+
 def accuracy_vs_kappa(rows: list[dict], path: Path) -> Path:
+    """The primary metric of the arms and their label twins (and the teacher's) vs κ."""
+    _one_kind(rows)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     labels_done = set()
@@ -81,14 +157,22 @@ def accuracy_vs_kappa(rows: list[dict], path: Path) -> Path:
         ax.axhline(teacher, color="black", ls=":", lw=1, label="teacher")
     ax.set_xscale("log")
     ax.set_xlabel("κ")
-    ax.set_ylabel("test accuracy (%)" if rows[0]["metric"] == "test_acc" else rows[0]["metric"])
-    ax.set_title(f"Student {rows[0]['metric']} vs κ")
+    metric = rows[0]["metric"]
+    if is_lm(rows[0]):
+        _one_kappa_axis(ax, rows)
+    if is_lm(rows[0]) and metric == "test_loss":
+        ax.set_ylabel("test CE (nats / token)")
+        ax.set_title("Language models: student test CE vs κ (lower is better)")
+    else:
+        ax.set_ylabel("test accuracy (%)" if metric == "test_acc" else metric)
+        ax.set_title(f"Student {metric} vs κ")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def tau_kappa_heatmap(table: dict, path: Path) -> Path:
-    """table: {"taus": [...], "kappas": [...], "pi": [[...]]} (NaN where missing)."""
+def tau_kappa_heatmap(table: dict, path: Path, unit: str = "points") -> Path:
+    """table: {"taus": [...], "kappas": [...], "pi": [[...]]} (NaN where missing); unit: PI's
+    (pi_unit)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(table["kappas"]), 1.0 + 0.5 * len(table["taus"])))
     values = table["pi"]
@@ -103,13 +187,14 @@ def tau_kappa_heatmap(table: dict, path: Path) -> Path:
                 ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=8)
     ax.set_xlabel("κ")
     ax.set_ylabel("τ")
-    ax.set_title("PI (points) by τ × κ")
-    fig.colorbar(im, ax=ax, label="PI")
+    ax.set_title(f"PI ({unit}) by τ × κ")
+    fig.colorbar(im, ax=ax, label="PI" if unit == "points" else f"PI ({unit})")
     return _save(fig, path)
 
 
-def fidelity_vs_pi(points: list[tuple[float, float, float]], path: Path) -> Path:
-    """points: (Δagreement in points, PI in points, κ) per pair."""
+def fidelity_vs_pi(points: list[tuple[float, float, float]], path: Path, pi_name: str = "PI (points)",
+                   lm: bool = False) -> Path:
+    """points: (Δagreement in points, PI, κ) per pair, all of one task kind; pi_name: the y label."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     sc = ax.scatter([p[0] for p in points], [p[1] for p in points], c=[math.log10(p[2]) for p in points],
@@ -117,14 +202,14 @@ def fidelity_vs_pi(points: list[tuple[float, float, float]], path: Path) -> Path
     fig.colorbar(sc, ax=ax, label="log10 κ")
     ax.axhline(0, color="black", lw=0.8)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("agreement with teacher: KD − labels (points)")
-    ax.set_ylabel("PI (points)")
-    ax.set_title("Fidelity gain vs PI, per pair")
+    ax.set_xlabel(("top-1 token agreement" if lm else "agreement") + " with teacher: KD − labels (points)")
+    ax.set_ylabel(pi_name)
+    ax.set_title(("Language models: f" if lm else "F") + "idelity gain vs PI, per pair")
     return _save(fig, path)
 
 
-def cka_vs_kappa(rows: list[dict], path: Path) -> Path:
-    """rows: {"arm", "estimator", "kappa", "cka"} means."""
+def cka_vs_kappa(rows: list[dict], path: Path, lm: bool = False) -> Path:
+    """rows: {"arm", "estimator", "kappa", "cka"} means, all of one task kind."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lines = defaultdict(list)
@@ -136,6 +221,6 @@ def cka_vs_kappa(rows: list[dict], path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("κ")
     ax.set_ylabel("CKA with the teacher")
-    ax.set_title("Feature alignment with the teacher vs κ")
+    ax.set_title(("Language models: f" if lm else "F") + "eature alignment with the teacher vs κ")
     ax.legend(fontsize=8)
     return _save(fig, path)

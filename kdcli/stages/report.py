@@ -5,6 +5,11 @@ Parquet files, so it stays fast on thousands of runs. Each run's task (run.json 
 says which metric PI is computed from and how. Damaged runs and CKA files are listed
 with the reason, never skipped silently. Writes CSV, Markdown and JSON tables and PNG
 plots to --out.
+
+Classification and language-model (sequence task) runs never share a row, a table or a
+plot: each kind gets its own (KindReport); the language models' files are named with
+`_lm` (pi_vs_kappa_lm.csv, pi_vs_kappa_lm.png, ...), the classification files keep their
+names.
 """
 
 from __future__ import annotations
@@ -31,8 +36,12 @@ from kdcli.report.pi import (
     pair_pi,
     pi_rows,
     primary,
+    task_kind,
     varying_fields,
 )
+from kdcli.report.plots import pi_label, pi_unit
+
+KINDS = ("classification", "sequence")  # the order their tables come in
 
 
 @dataclass(frozen=True)
@@ -51,17 +60,65 @@ class ReportConfig:
 
 
 @dataclass
-class ReportResult:
-    rows: list[dict]
+class KindReport:
+    """The tables of one task kind: classification, or sequence (language models)."""
+
+    kind: str
     group_by: tuple[str, ...]  # the row-splitting fields: asked for, plus settings that vary
+    rows: list[dict]
     tau_tables: list[dict]
     ls_table: list[dict]
     fidelity: dict
     cka_rows: list[dict]
+    pairs: list[Pair]
+
+    @property
+    def lm(self) -> bool:
+        return self.kind == "sequence"
+
+    @property
+    def suffix(self) -> str:
+        """Of its files' names: classification keeps the plain names."""
+        return "_lm" if self.lm else ""
+
+    @property
+    def title(self) -> str:
+        return "language models" if self.lm else "classification"
+
+    @property
+    def unit(self) -> str:
+        """PI's unit: 'points', 'rel. CE reduction %'."""
+        return pi_unit(self.rows[0]) if self.rows else "points"
+
+
+@dataclass
+class ReportResult:
+    rows: list[dict]  # every kind's, classification first
+    group_by: tuple[str, ...]  # every kind's row-splitting fields
+    kinds: list[KindReport]  # one per task kind that has pairs, in KINDS order
     scan: Found
     pairing: Pairing
     damaged_cka: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
     written: list[Path] = field(default_factory=list)
+
+    # Every kind's tables together (each table, and each row of one, is of one kind).
+    @property
+    def tau_tables(self) -> list[dict]:
+        return [t for k in self.kinds for t in k.tau_tables]
+
+    @property
+    def ls_table(self) -> list[dict]:
+        return [r for k in self.kinds for r in k.ls_table]
+
+    @property
+    def cka_rows(self) -> list[dict]:
+        return [r for k in self.kinds for r in k.cka_rows]
+
+    @property
+    def fidelity(self) -> dict:
+        """Per arm; where both kinds are present, language-model arms are named '… (lm)'."""
+        mixed = len(self.kinds) > 1
+        return {(f"{a} (lm)" if mixed and k.lm else a): v for k in self.kinds for a, v in k.fidelity.items()}
 
 
 def _matches(run: dict, filters: list[tuple[str, str]]) -> bool:
@@ -120,22 +177,26 @@ def ls_table(rows: list[dict], group_by: tuple[str, ...]) -> list[dict]:
             for point, cols in sorted(by_point.items(), key=lambda kv: str(kv[0][:-1]) + f"{kv[0][-1]:012.6f}")]
 
 
-def cka_rows(paths: list[str], runs: dict[str, dict], pairs: list[Pair]
-             ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Mean CKA with the teacher per (arm, estimator, κ), from CKA files linking teacher and
-    student; and the CKA files that could not be read, with the reason."""
+def read_cka_files(paths: list[str]) -> tuple[list[tuple[list[dict], dict]], list[tuple[str, str]]]:
+    """(rows, metadata) of every readable CKA file; and those that could not be read, with the reason."""
     from kdcli.io.cka import read_cka
 
+    files, damaged = [], []
+    for path in paths:
+        try:
+            files.append(read_cka(path, flag="CKA file"))
+        except ArtifactError as exc:
+            damaged.append((path, str(exc)))
+    return files, damaged
+
+
+def cka_rows(files: list[tuple[list[dict], dict]], runs: dict[str, dict], pairs: list[Pair]) -> list[dict]:
+    """Mean CKA with the teacher per (arm, estimator, κ), from the CKA files (read_cka_files)
+    linking teacher and a student of `pairs`."""
     labels_ids = {p.labels["run_id"] for p in pairs}
     arm_of = {p.run["run_id"]: p.arm for p in pairs} | {i: "labels" for i in labels_ids}
     values: dict[tuple, list[float]] = defaultdict(list)
-    damaged = []
-    for path in paths:
-        try:
-            table, meta = read_cka(path, flag="CKA file")
-        except ArtifactError as exc:
-            damaged.append((path, str(exc)))
-            continue
+    for table, meta in files:
         ids = [meta.get("run_a_id"), meta.get("run_b_id")]
         students = [i for i in ids if i in arm_of]
         teachers = [i for i in ids if i in runs and runs[i].get("stage") == "train-teacher"]
@@ -145,7 +206,7 @@ def cka_rows(paths: list[str], runs: dict[str, dict], pairs: list[Pair]
         for row in table:
             values[(arm_of[students[0]], row["estimator"], student["subset"]["kappa"])].append(row["value"])
     return [{"arm": a, "estimator": e, "kappa": k, "cka": sum(v) / len(v), "n": len(v)}
-            for (a, e, k), v in sorted(values.items())], damaged
+            for (a, e, k), v in sorted(values.items())]
 
 
 def run(cfg: ReportConfig) -> ReportResult:
@@ -166,15 +227,90 @@ def run(cfg: ReportConfig) -> ReportResult:
     selected = [r for r in found.runs if _matches(r, filters) or r.get("stage") == "train-teacher"]
     pairing = pair_runs(selected)
     teacher_metric = {r["run_id"]: primary(r) for r in found.runs if r.get("stage") == "train-teacher"}
-    group_by = tuple(dict.fromkeys([*cfg.group_by, *varying_fields(pairing.pairs)]))
-    rows = pi_rows(pairing.pairs, teacher_metric, group_by, cfg.bootstrap)
     by_id = {r["run_id"]: r for r in found.runs}
-    cka, damaged_cka = cka_rows(found.cka_files, by_id, pairing.pairs)
-    result = ReportResult(rows, group_by, tau_tables(rows, group_by), ls_table(rows, group_by),
-                          fidelity_correlation(pairing.pairs), cka, found, pairing, damaged_cka)
+    cka_files, damaged_cka = read_cka_files(found.cka_files)
+    by_kind: dict[str, list[Pair]] = defaultdict(list)
+    for p in pairing.pairs:
+        by_kind[task_kind(p)].append(p)
+    kinds = []
+    for kind in KINDS:
+        pairs = by_kind.get(kind)
+        if not pairs:
+            continue
+        group_by = tuple(dict.fromkeys([*cfg.group_by, *varying_fields(pairs)]))
+        rows = pi_rows(pairs, teacher_metric, group_by, cfg.bootstrap)
+        kinds.append(KindReport(kind, group_by, rows, tau_tables(rows, group_by), ls_table(rows, group_by),
+                                fidelity_correlation(pairs), cka_rows(cka_files, by_id, pairs), pairs))
+    result = ReportResult([r for k in kinds for r in k.rows],
+                          tuple(dict.fromkeys(g for k in kinds for g in k.group_by)) or tuple(cfg.group_by),
+                          kinds, found, pairing, damaged_cka)
     if cfg.out is not None:
         result.written = write_outputs(result, Path(cfg.out), cfg.plots)
     return result
+
+
+def fmt(v, spec: str = ".2f") -> str:
+    """A table cell: '—' for a missing value."""
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def ci_cell(lo, hi, spec: str = "+.2f") -> str:
+    return "—" if lo is None or math.isnan(lo) else f"[{lo:{spec}}, {hi:{spec}}]"
+
+
+def _with_ci(row: dict, key: str) -> str:
+    """Mean and 95% CI in one cell, compactly: '+4.12 ±1.03' (t-interval: its half-width) or
+    '+4.12 [+3.10,+5.02]' (bootstrap)."""
+    if row.get(key) is None or math.isnan(row[key]):
+        return "—"
+    lo, hi = row[f"{key}_lo"], row[f"{key}_hi"]
+    if lo is None or math.isnan(lo):
+        return fmt(row[key], "+.2f")
+    if row["ci"] == "t":
+        return f"{row[key]:+.2f} ±{(hi - lo) / 2:.2f}"
+    return f"{row[key]:+.2f} [{lo:+.2f},{hi:+.2f}]"
+
+
+def ci_note(ci: str) -> str:
+    """What the compact CI of a language-model table means."""
+    if ci == "t":
+        return "mean ± half-width of the 95% t-interval over paired seeds"
+    return "mean [95% bootstrap interval] over paired seeds"
+
+
+def pi_table(part: KindReport, ci_name: str) -> tuple[list[str], list[list[str]]]:
+    """The PI-vs-κ table of one task kind as the terminal (and, for language models, Markdown)
+    shows it: column names and the cells of each row. Language-model cells show each mean with
+    its CI (ci_note)."""
+    rows, group_by = part.rows, part.group_by
+    if not part.lm:
+        metric = rows[0]["metric"].removeprefix("test_") if rows else "acc"
+        cols = ["arm", "model", *group_by, "κ", "n", "pairs", f"arm {metric}", f"labels {metric}", "PI",
+                ci_name, f"teacher {metric}", "agree arm/labels", "KL arm/labels"]
+        return cols, [[r["arm"], r["model"], *(str(r[g]) for g in group_by), f"{r['kappa']:g}",
+                       str(r["n_train"]), str(r["pairs"]), fmt(r["arm_metric"]), fmt(r["labels_metric"]),
+                       fmt(r["pi"], "+.2f"), ci_cell(r["pi_lo"], r["pi_hi"]), fmt(r["teacher_metric"]),
+                       f"{fmt(r['arm_agreement'], '.1f')}/{fmt(r['labels_agreement'], '.1f')}",
+                       f"{fmt(r['arm_kl'], '.3f')}/{fmt(r['labels_kl'], '.3f')}"] for r in rows]
+    metric = rows[0]["metric"]
+    short = "CE" if metric == "test_loss" else metric.removeprefix("test_")
+    ood = any(r.get("ood_pi") is not None for r in rows)
+    cols = ["arm", "model", *group_by, "κ", "n", "pairs", f"{short} arm/labels", f"PI ({part.unit})",
+            "ppl red. %", "Δtop-1 (pts)", "bpb arm/labels", *(["OOD PI %"] if ood else []), f"teacher {short}",
+            "agree arm/labels", "KL arm/labels"]
+    cells = [[r["arm"], r["model"], *(str(r[g]) for g in group_by), f"{r['kappa']:g}", str(r["n_train"]),
+              str(r["pairs"]), f"{fmt(r['arm_metric'], '.3f')}/{fmt(r['labels_metric'], '.3f')}",
+              _with_ci(r, "pi"), _with_ci(r, "ppl_reduction"), _with_ci(r, "acc_change"),
+              f"{fmt(r['arm_bpb'], '.3f')}/{fmt(r['labels_bpb'], '.3f')}",
+              *([_with_ci(r, "ood_pi")] if ood else []), fmt(r["teacher_metric"], ".3f"),
+              f"{fmt(r['arm_agreement'], '.1f')}/{fmt(r['labels_agreement'], '.1f')}",
+              f"{fmt(r['arm_kl'], '.3f')}/{fmt(r['labels_kl'], '.3f')}"] for r in rows]
+    return cols, cells
+
+
+LM_LEGEND = ("PI: relative test CE reduction (%) = 100·(CE_labels − CE_KD)/CE_labels (CE: per-token test "
+             "cross-entropy, nats); ppl red. % = 100·(1 − exp(CE_KD − CE_labels)); Δtop-1: top-1 token "
+             "accuracy, KD − labels (points); bpb: bits per byte; OOD PI: PI on the out-of-distribution text")
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -244,31 +380,47 @@ def write_outputs(result: ReportResult, out: Path, plots: bool) -> list[Path]:
 
 
 def _write_into(result: ReportResult, out: Path, plots: bool) -> list[Path]:
-    from kdcli.report import plots as P
-
     written = []
 
     def put(name: str, data: bytes) -> None:
         write_bytes(out / name, data)
         written.append(out / name)
 
-    tables = {"pi_vs_kappa": result.rows, "label_smoothing_control": result.ls_table,
-              "cka_vs_kappa": result.cka_rows}
-    if result.tau_tables:
-        tables["tau_kappa"] = [{**t["panel"], "tau": tau, **{f"kappa={k:g}": v for k, v in zip(t["kappas"], row)}}
-                               for t in result.tau_tables for tau, row in zip(t["taus"], t["pi"])]
-    tables["fidelity_correlation"] = [{"arm": a, **v} for a, v in result.fidelity.items()]
-    from kdcli.report.plots import pi_label
-
-    what = pi_label(result.rows[0]) if result.rows else "PI"
-    md = f"# kdcli report\n\n{what}, mean and 95% CI over paired seeds.\n\n"
-    for name, rows in tables.items():
-        if rows:
-            put(f"{name}.csv", _csv([{k: v for k, v in r.items() if k != "seeds"} for r in rows]))
-            md += _markdown(name.replace("_", " "), [{k: v for k, v in r.items() if k != "seeds"} for r in rows])
+    # an empty tree still gets the (empty) classification tables
+    parts = result.kinds or [KindReport("classification", result.group_by, [], [], [], {}, [], [])]
+    md = "# kdcli report\n\n"
+    every = {}
+    for part in parts:
+        tables = {"pi_vs_kappa": part.rows, "label_smoothing_control": part.ls_table,
+                  "cka_vs_kappa": part.cka_rows}
+        if part.tau_tables:
+            tables["tau_kappa"] = [{**t["panel"], "tau": tau, **{f"kappa={k:g}": v for k, v in zip(t["kappas"], row)}}
+                                   for t in part.tau_tables for tau, row in zip(t["taus"], t["pi"])]
+        tables["fidelity_correlation"] = [{"arm": a, **v} for a, v in part.fidelity.items()]
+        what = pi_label(part.rows[0]) if part.rows else "PI"
+        if part.lm:
+            md += f"# Language models (sequence tasks)\n\n{LM_LEGEND}. Mean and 95% CI over paired seeds.\n\n"
+        else:
+            md += "# Classification\n\n" if len(parts) > 1 else ""
+            md += f"{what}, mean and 95% CI over paired seeds.\n\n"
+        for name, rows in tables.items():
+            if rows:
+                bare = [{k: v for k, v in r.items() if k != "seeds"} for r in rows]
+                put(f"{name}{part.suffix}.csv", _csv(bare))
+                title = name.replace("_", " ")
+                if not part.lm:
+                    md += _markdown(title, bare)
+                elif name == "pi_vs_kappa":
+                    md += _markdown_cells(f"{title} (language models) — {what}",
+                                          *pi_table(part, f"95% CI ({rows[0]['ci']})"))
+                    md += f"Cells: {ci_note(rows[0]['ci'])}.\n\n"
+                else:
+                    unit = f" — PI ({part.unit})" if name in ("tau_kappa", "label_smoothing_control") else ""
+                    md += _markdown(f"{title} (language models){unit}", bare)
+            every[f"{name}{part.suffix}"] = rows
     put("report.md", md.encode())
     write_json(out / "report.json", {
-        **{name: rows for name, rows in tables.items()},
+        **every,
         "unpaired": [r["dir"] for r in result.pairing.unpaired],
         "duplicates": [r["dir"] for r in result.pairing.duplicates],
         "labels_without_teacher": [r["dir"] for r in result.pairing.no_teacher],
@@ -276,18 +428,37 @@ def _write_into(result: ReportResult, out: Path, plots: bool) -> list[Path]:
         "damaged": [{"path": p, "why": why} for p, why in result.scan.damaged + result.damaged_cka],
     })
     written.append(out / "report.json")
-    if plots and result.rows:
-        written.append(P.pi_vs_kappa(result.rows, out / "pi_vs_kappa.png"))
-        written.append(P.accuracy_vs_kappa(result.rows, out / "accuracy_vs_kappa.png"))
-        points = [(agreement_gain(p), pair_pi(p), p.run["subset"]["kappa"]) for p in result.pairing.pairs]
-        points = [pt for pt in points if not math.isnan(pt[0])]
-        if points:
-            written.append(P.fidelity_vs_pi(points, out / "fidelity_vs_pi.png"))
-        for i, table in enumerate(result.tau_tables):
-            name = "tau_kappa_heatmap.png" if i == 0 else f"tau_kappa_heatmap_{i + 1}.png"
-            written.append(P.tau_kappa_heatmap(table, out / name))
-        if result.cka_rows:
-            written.append(P.cka_vs_kappa(result.cka_rows, out / "cka_vs_kappa.png"))
+    if plots:
+        for part in parts:
+            if part.rows:
+                written.extend(_plot(part, out))
     return written
 
 
+def _markdown_cells(title: str, cols: list[str], cells: list[list[str]]) -> str:
+    lines = [f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines) + "\n\n"
+
+
+def _plot(part: KindReport, out: Path) -> list[Path]:
+    """The plots of one task kind; language models' file names end in _lm."""
+    from kdcli.report import plots as P
+
+    sfx, written = part.suffix, []
+    written.append(P.pi_vs_kappa(part.rows, out / f"pi_vs_kappa{sfx}.png"))
+    primary_name = "ce" if part.lm and part.rows[0]["metric"] == "test_loss" else "accuracy"
+    written.append(P.accuracy_vs_kappa(part.rows, out / f"{primary_name}_vs_kappa{sfx}.png"))
+    if part.lm:
+        written.append(P.lm_metrics_vs_kappa(part.rows, out / "ppl_acc_vs_kappa_lm.png"))
+    points = [(agreement_gain(p), pair_pi(p), p.run["subset"]["kappa"]) for p in part.pairs]
+    points = [pt for pt in points if not math.isnan(pt[0])]
+    if points:
+        written.append(P.fidelity_vs_pi(points, out / f"fidelity_vs_pi{sfx}.png",
+                                        pi_label(part.rows[0]) if part.lm else "PI (points)", lm=part.lm))
+    for i, table in enumerate(part.tau_tables):
+        name = f"tau_kappa_heatmap{sfx}.png" if i == 0 else f"tau_kappa_heatmap{sfx}_{i + 1}.png"
+        written.append(P.tau_kappa_heatmap(table, out / name, part.unit))
+    if part.cka_rows:
+        written.append(P.cka_vs_kappa(part.cka_rows, out / f"cka_vs_kappa{sfx}.png", lm=part.lm))
+    return written
