@@ -74,6 +74,28 @@ def test_cifar10_smoke(tmp_path):
     assert [r["kappa"] for r in rows] == [0.01]
 
 
+@pytest.mark.slow
+def test_lm_kappa_sweep_tiny(tmp_path):
+    """The LM example at tiny sizes on tinyshakespeare (a subset of the complete works: the
+    example itself trains and tests on the complete works only)."""
+    data = SHARED_DATA / "text"
+    if not (data / "tinyshakespeare.txt").is_file():
+        pytest.skip(f"{data} is absent (the text corpora live beside the project)")
+    run_example("lm_kappa_sweep.sh", tmp_path, DATA=str(data), FILES="tinyshakespeare.txt", VOCAB="512",
+                BLOCK="32", TEACHER="n_layer=1 n_head=2 n_embd=16", SMALL="n_layer=1 n_head=1 n_embd=8",
+                TEACHER_STEPS="5", STUDENT_STEPS="3", KAPPAS="0.1 1", SEEDS="0", TOPK="4", TOPK_KAPPAS="0.1",
+                OOD="moby_dick.txt")
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    rows = report["pi_vs_kappa_lm"]
+    online = [r for r in rows if r["arm"].endswith("online")]
+    # two settings (self-distillation and the small student) × two κ, one pair each
+    assert sorted((r["model"], r["kappa"]) for r in online) == sorted(
+        (m, k) for m in {r["model"] for r in online} for k in (0.1, 1.0)) and len(online) == 4
+    assert {r["arm"] for r in rows} >= {"kd τ=1 α=1 top-4", "kd τ=1 α=1 top-4 bucket"}
+    assert all(r["metric"] == "test_loss" and r["ood_pi"] is not None for r in rows)
+    assert (tmp_path / "out" / "report" / "pi_vs_kappa_lm.png").is_file()
+
+
 FAKE_SBATCH = """#!/usr/bin/env bash
 # Stand-in for slurm's sbatch: runs the job at once (arrays task by task) and prints a job id.
 array=""; wrap=""; script=""

@@ -23,6 +23,7 @@ when no compiler is found.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import sysconfig
@@ -134,6 +135,9 @@ def compile_available() -> bool:
 
 @functools.cache
 def _compiled():
+    # On a CPU-only machine with a CUDA build of torch, Inductor's C++ build logs "No CUDA
+    # runtime is found" on first use: true and harmless here, and noise in a run's output.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(_rows_and_grad, dynamic=True)
 
 
