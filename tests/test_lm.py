@@ -226,6 +226,22 @@ def test_student_bad_input_is_refused_before_writing(lm_teacher, tmp_path, kw, w
     assert not out.exists()
 
 
+def test_logits_of_another_tokenizer_are_refused(lm_teacher, corpus, tmp_path):
+    """A logits file dumped from a teacher of another tokenizer (a BPE over the same text)
+    cannot serve a student of the bytes teacher, nor stand in for it."""
+    other = train.run(_cfg(tmp_path / "bpe", corpus, stage="train-teacher", steps=2,
+                           dataset_args={**BYTES, "tokenizer": "bpe", "vocab": 512}))
+    path = tmp_path / "bpe.parquet"
+    dump_logits.run(DumpConfig(teacher=str(other.run_dir), out=str(path), topk=4, device="cpu"))
+    out = tmp_path / "kd"
+    with pytest.raises(KdcliError, match="was dumped from teacher"):
+        distill.run(_cfg(out, None, DistillConfig, teacher=str(lm_teacher), logits=str(path)))
+    with pytest.raises(KdcliError, match="fingerprint"):
+        cka.run(CKAConfig(run_a=str(lm_teacher), run_b=str(other.run_dir), out=str(tmp_path / "c.parquet"),
+                          estimators=("linear",), threads=1, device="cpu"))
+    assert not out.exists() and not (tmp_path / "c.parquet").exists()
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     import sys
 

@@ -51,7 +51,7 @@ class TeacherLogits:
     num_classes: int
     dense: torch.Tensor | None = None
     topk_values: torch.Tensor | None = None
-    topk_ids: torch.Tensor | None = None  # int64
+    topk_ids: torch.Tensor | None = None  # int32 as stored; int64 per batch
     lse: torch.Tensor | None = None  # float32
 
     def positions_for(self, ids: np.ndarray, what: str) -> torch.Tensor:
@@ -73,7 +73,7 @@ class TeacherLogits:
 
     def topk(self, positions: torch.Tensor) -> TopK:
         """Top-k rows of file rows `positions` as stored (values as float32)."""
-        return TopK(self.topk_values[positions].float(), self.topk_ids[positions], self.lse[positions],
+        return TopK(self.topk_values[positions].float(), self.topk_ids[positions].long(), self.lse[positions],
                     self.num_classes)
 
     def rows(self, positions: torch.Tensor) -> torch.Tensor:
@@ -248,7 +248,7 @@ def read_logits(path: str | Path, split: str, flag: str = "--logits") -> Teacher
     _check_content(meta, split, [index, values.numpy(), ids.numpy(), lse.numpy()], chunks, path, flag)
     _check_finite(torch.cat([values.reshape(len(index), -1).float(), lse.reshape(len(index), -1)], 1),
                   path, split, flag)
-    return TeacherLogits(index, c, topk_values=values, topk_ids=ids.long(), lse=lse)
+    return TeacherLogits(index, c, topk_values=values, topk_ids=ids, lse=lse)
 
 
 def _check_content(meta: dict, split: str, arrays: list[np.ndarray], chunks, path, flag: str) -> None:

@@ -144,15 +144,16 @@ def accuracy_vs_kappa(rows: list[dict], path: Path) -> Path:
     _one_kind(rows)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    labels_done = set()
     for label, line in _lines(rows).items():
-        k = [r["kappa"] for r in line]
-        ax.plot(k, [r["arm_metric"] for r in line], marker="o", label=label)
-        base = (line[0]["model"], line[0]["teacher"])
-        if base not in labels_done:
-            labels_done.add(base)
-            ax.plot(k, [r["labels_metric"] for r in line], marker="s", ls="--", color="gray",
-                    label="labels" if len(labels_done) == 1 else None)
+        ax.plot([r["kappa"] for r in line], [r["arm_metric"] for r in line], marker="o", label=label)
+    # one label-trained line per student model (and teacher), over every κ it has a pair at
+    twins: dict[tuple, dict[float, float]] = {}
+    for r in rows:
+        twins.setdefault((r["model"], r["teacher"]), {})[r["kappa"]] = r["labels_metric"]
+    for i, ((model, _), by_kappa) in enumerate(sorted(twins.items())):
+        k = sorted(by_kappa)
+        ax.plot(k, [by_kappa[x] for x in k], marker="s", ls="--", color="gray", alpha=1 - 0.4 * (i % 2),
+                label="labels" if len(twins) == 1 else f"{model}: labels")
     for teacher in {r["teacher_metric"] for r in rows if not math.isnan(r["teacher_metric"])}:
         ax.axhline(teacher, color="black", ls=":", lw=1, label="teacher")
     ax.set_xscale("log")
