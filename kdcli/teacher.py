@@ -81,23 +81,23 @@ class TeacherRows:
 
 
 class StoredRows(TeacherRows):
-    """Rows of a logits file. Dense rows are put in split order once, as stored (float16 stays
-    float16), so a batch is one gather; top-k rows stay as stored: the KD loss uses them as
-    they are (`topk`), and they are densified only for a caller that asks for full rows."""
+    """Rows of a logits file. Dense rows of one sample each (classification) are put in split
+    order once, as stored (float16 stays float16), so a batch is one gather; rows of T token
+    positions are looked up batch by batch; top-k rows stay as stored: the KD loss uses them
+    as they are (`topk`), and they are densified only for a caller that asks for full rows."""
 
     def __init__(self, stored: TeacherLogits, file_rows: torch.Tensor, device: torch.device):
-        if stored.dense is not None:
-            self.dense = stored.dense[file_rows].to(device)
-        else:
-            self.dense, self.stored, self.file_rows = None, stored.to(device), file_rows.to(device)
+        self.stored, self.file_rows = stored.to(device), file_rows.to(device)
+        per_sample = stored.dense is not None and stored.dense.ndim == 2
+        self.gathered = self.stored.dense[self.file_rows] if per_sample else None
 
     @property
     def sparse(self) -> bool:
-        return self.dense is None
+        return self.stored.dense is None
 
     def __call__(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self.dense is not None:
-            return self.dense[positions].float()
+        if self.gathered is not None:
+            return self.gathered[positions].float()
         return self.stored.rows(self.file_rows[positions])
 
     def topk(self, positions: torch.Tensor) -> TopK:
