@@ -33,9 +33,11 @@ Sections (default: all four, in this order):
               student over the whole train pool), dump-logits (top-32, float16) and offline
               distill (a few steps and its final evaluation with fidelity), at two corpus sizes
               (tinyshakespeare 1.1 MB and complete Shakespeare 5 MB by default): MB at each and
-              the ratio, beside the ratio of train tokens. Evaluation and distill run again with
+              the ratio, beside the ratio of train tokens. Evaluation runs again with
               MALLOC_MMAP_THRESHOLD_ set (--mmap-threshold), which separates what kdcli holds
-              from what glibc's heap keeps.
+              from what glibc's heap keeps. When this section is selected, every top-32 dump
+              (the throughput section's too) runs in such a subprocess, so no corpus is dumped
+              twice.
 
 Teachers and logit files are made once per run in --workdir (default: a temporary folder),
 so the sections share them. --quick is a smoke run of about a minute: two 250,000-character
@@ -71,6 +73,7 @@ STUDENT = {"n_layer": 2, "n_head": 2, "n_embd": 48}
 LR = 3e-3
 # glibc allocations from this size up are mmapped and unmapped on free: RSS then follows live memory
 STEP_MMAP_THRESHOLD = 1 << 16
+MEMORY_TOPK = 32  # the memory section's dumps, and the throughput section's offline file
 
 
 def mb(n_bytes: float) -> float:
@@ -114,9 +117,13 @@ def reset_peak_rss() -> bool:
 class Workspace:
     """Teachers (one per corpus) and their top-k logit files, made on first use."""
 
-    def __init__(self, root: Path, args):
+    def __init__(self, root: Path, args, measure_dumps: bool = False):
         self.root, self.args = root, args
         self.dumped: dict[tuple[str, int], tuple[str, dict]] = {}
+        # top-32 dumps run in a fresh process that reports its peak RSS (the memory section's
+        # figure), so that no corpus is dumped twice
+        self.measure_dumps = measure_dumps
+        self.dump_memory: dict[str, dict] = {}
 
     def dataset_args(self, files: str) -> dict:
         a = self.args
@@ -150,12 +157,18 @@ class Workspace:
         if (files, k) not in self.dumped:
             teacher = self.teacher(files)
             out = self.root / f"logits-{self.slug(files)}-top{k}.parquet"
-            note(f"dump-logits --topk {k} --dtype float16 of the teacher on {files}")
+            measured = self.measure_dumps and k == MEMORY_TOPK
+            note(f"dump-logits --topk {k} --dtype float16 of the teacher on {files}"
+                 + (" (subprocess, peak RSS measured)" if measured else ""))
             started = time.perf_counter()
-            result = dump_logits.run(DumpConfig(teacher=teacher, out=str(out), topk=k, dtype="float16",
-                                                device="cpu", overwrite=True))
+            if measured:
+                self.dump_memory[files] = child({"kind": "dump-logits", "teacher": teacher, "logits": str(out)})
+                rows = self.dump_memory[files]["rows"]
+            else:
+                rows = dump_logits.run(DumpConfig(teacher=teacher, out=str(out), topk=k, dtype="float16",
+                                                  device="cpu", overwrite=True)).rows
             note(f"  done in {time.perf_counter() - started:.0f} s")
-            self.dumped[(files, k)] = str(out), result.rows
+            self.dumped[(files, k)] = str(out), rows
         return self.dumped[(files, k)]
 
 
@@ -174,7 +187,7 @@ def section_throughput(ws: Workspace, args) -> None:
     from kdcli.stages import distill, train
 
     teacher = ws.teacher(args.files)
-    logits, _ = ws.logits(args.files, 32)
+    logits, _ = ws.logits(args.files, MEMORY_TOPK)
     common = dict(model="gpt", model_args=STUDENT, steps=args.steps, epochs=None, batch_size=args.batch,
                   lr=LR, threads=1, device="cpu", eval_every="0", checkpoint_every="0")
     kd_args = dict(tau=1.0, alpha=1.0)
@@ -417,22 +430,26 @@ def column_bytes(path: str) -> dict[str, int]:
 
 def section_memory(ws: Workspace, args) -> None:
     corpora = (args.small_files, args.files if args.large_files is None else args.large_files)
-    # (kind, allocator): glibc's defaults, and a fixed mmap threshold under which glibc gives freed
-    # large blocks back to the OS (dump-logits only with the defaults: a second dump costs the most)
-    runs = [("evaluate", ""), ("dump-logits", ""), ("distill", "")]
+    # (kind, allocator): glibc's defaults; evaluation again with a fixed mmap threshold, under which
+    # glibc gives freed large blocks back to the OS
+    runs = [("evaluate", ""), ("distill", "")]
     if args.mmap_threshold:
-        runs += [("evaluate", str(args.mmap_threshold)), ("distill", str(args.mmap_threshold))]
+        runs.append(("evaluate", str(args.mmap_threshold)))
     results = {}
     for files in corpora:
         teacher = ws.teacher(files)
-        logits = str(ws.root / "memory" / f"logits-{ws.slug(files)}.parquet")
-        Path(logits).unlink(missing_ok=True)  # dump-logits skips a complete file: always dump afresh
+        if files not in ws.dump_memory:  # dumped in-process before this section: dump again, measured
+            ws.dumped.pop((files, MEMORY_TOPK), None)
+            ws.measure_dumps = True
+        logits, _ = ws.logits(files, MEMORY_TOPK)
+        results[(files, "dump-logits", "")] = ws.dump_memory[files]
         for kind, threshold in runs:
             note(f"memory: {kind} on {files}{f' (MALLOC_MMAP_THRESHOLD_={threshold})' if threshold else ''}")
             env = {"MALLOC_MMAP_THRESHOLD_": threshold} if threshold else {}
             results[(files, kind, threshold)] = child(
                 {"kind": kind, "teacher": teacher, "logits": logits, "steps": args.memory_steps,
                  "batch": args.batch, "out": str(ws.root / "memory" / f"distill-{ws.slug(files)}")}, env=env)
+    runs.insert(1, ("dump-logits", ""))
     small, large = corpora
     tokens = {f: results[(f, "evaluate", "")]["tokens"] for f in corpora}
 
@@ -482,10 +499,9 @@ def child_memory(spec: dict) -> dict:
         from kdcli.config import DumpConfig
         from kdcli.stages import dump_logits
 
-        Path(spec["logits"]).parent.mkdir(parents=True, exist_ok=True)
-        dump_logits.run(DumpConfig(teacher=spec["teacher"], out=spec["logits"], topk=32, dtype="float16",
-                                   device="cpu", overwrite=True))
-        out["file"] = os.path.getsize(spec["logits"])
+        result = dump_logits.run(DumpConfig(teacher=spec["teacher"], out=spec["logits"], topk=MEMORY_TOPK,
+                                            dtype="float16", device="cpu", overwrite=True))
+        out.update(file=os.path.getsize(spec["logits"]), rows=result.rows)
     else:
         from kdcli.config import DistillConfig
         from kdcli.stages import distill
@@ -569,7 +585,7 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[8, 32, 128], help="file-size top-K values")
     parser.add_argument("--memory-steps", type=int, default=20, help="offline distill steps in the memory section")
     parser.add_argument("--mmap-threshold", type=int, default=STEP_MMAP_THRESHOLD,
-                        help="memory section: also run evaluate and distill with MALLOC_MMAP_THRESHOLD_ set "
+                        help="memory section: also run evaluate with MALLOC_MMAP_THRESHOLD_ set "
                              "to this, so glibc gives freed large blocks back to the OS (0: not)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -587,7 +603,7 @@ def main() -> None:
             quick_settings(args, root)
         print(f"kdcli LM benchmarks{' (--quick)' if args.quick else ''}: torch {torch.__version__}, "
               f"{os.cpu_count()} cores, 1 thread; data {args.data_dir}", flush=True)
-        ws = Workspace(root, args)
+        ws = Workspace(root, args, measure_dumps="memory" in sections)
         for name in SECTIONS:
             if name in sections:
                 started = time.perf_counter()

@@ -207,12 +207,21 @@ def read_metadata(path: str | Path, flag: str = "--logits") -> dict:
 
 
 def _flat(column) -> torch.Tensor:
-    """A fixed-size-list column's values as one flat tensor, zero-copy where Arrow allows.
+    """A fixed-size-list column's values as one flat tensor: zero-copy for a single chunk,
+    else copied chunk by chunk into one array (never a second whole copy at once).
 
     The memory may be a read-only Arrow buffer; torch warns about that, but kdcli
     only ever indexes these tensors (which copies), so the warning is silenced.
     """
-    values = column.combine_chunks().values.to_numpy(zero_copy_only=False)
+    chunks = [c.flatten() if hasattr(c, "flatten") else c for c in column.chunks]
+    if len(chunks) == 1:
+        values = chunks[0].to_numpy(zero_copy_only=False)
+    else:
+        values = np.empty(sum(len(c) for c in chunks), dtype=chunks[0].type.to_pandas_dtype())
+        at = 0
+        for c in chunks:
+            values[at:at + len(c)] = c.to_numpy(zero_copy_only=False)
+            at += len(c)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(values)
@@ -239,16 +248,26 @@ def read_logits(path: str | Path, split: str, flag: str = "--logits") -> Teacher
     if k == 0:
         dense = _flat(table.column("logits")).reshape(-1, *shape, c)
         _check_content(meta, split, [index, dense.numpy()], chunks, path, flag)
-        _check_finite(dense.reshape(len(index), -1), path, split, flag)
+        _check_finite([dense], len(index), path, split, flag)
+        del table
+        _release_arrow_memory()
         return TeacherLogits(index, c, dense=dense)
     values = _flat(table.column("topk_logits")).reshape(-1, *shape, k)
     ids = _flat(table.column("topk_ids")).reshape(-1, *shape, k)
-    lse_column = table.column("lse")
-    lse = (_flat(lse_column) if shape else torch.from_numpy(lse_column.to_numpy())).float().reshape(-1, *shape)
+    lse = _flat(table.column("lse")).float().reshape(-1, *shape)
     _check_content(meta, split, [index, values.numpy(), ids.numpy(), lse.numpy()], chunks, path, flag)
-    _check_finite(torch.cat([values.reshape(len(index), -1).float(), lse.reshape(len(index), -1)], 1),
-                  path, split, flag)
+    _check_finite([values, lse], len(index), path, split, flag)
+    del table
+    _release_arrow_memory()
     return TeacherLogits(index, c, topk_values=values, topk_ids=ids, lse=lse)
+
+
+def _release_arrow_memory() -> None:
+    """Give the decoded Parquet pages back: Arrow's allocator otherwise keeps them cached
+    for the life of the process (hundreds of MB for a large split)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def _check_content(meta: dict, split: str, arrays: list[np.ndarray], chunks, path, flag: str) -> None:
@@ -259,8 +278,11 @@ def _check_content(meta: dict, split: str, arrays: list[np.ndarray], chunks, pat
                             "(dump-logits --overwrite)")
 
 
-def _check_finite(values: torch.Tensor, path, split: str, flag: str) -> None:
-    bad = ~torch.isfinite(values).all(1)  # float16 rows are checked as stored: inf stays inf
+def _check_finite(columns: list[torch.Tensor], n: int, path, split: str, flag: str) -> None:
+    """No NaN or infinite value in any of the n rows (float16 is checked as stored: no copy)."""
+    bad = torch.zeros(n, dtype=torch.bool)
+    for values in columns:
+        bad |= ~torch.isfinite(values.reshape(n, -1)).all(1)
     if bool(bad.any()):
         raise ArtifactError(f"{flag} {path}: {int(bad.sum())} {split} rows hold NaN or infinite logits")
 

@@ -41,6 +41,8 @@ EVALUATIONS_BY_DEFAULT = 10
 # Inference batches of long windows over large vocabularies are capped to this many logits
 # (64 MB in float32): 64 windows of 128 tokens at V = 2,048. Classification batches never are.
 LOGITS_PER_BATCH = 1 << 24
+# Rows of the float64 fidelity KL are taken this many logits at a time (8 MB per temporary).
+KL_BLOCK_ELEMENTS = 1 << 20
 
 
 def inference_batch(batch_size: int, split: Split, task: Task) -> int:
@@ -63,7 +65,7 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
              token_bytes: torch.Tensor | None = None) -> dict:
     """The task's test metrics (mean over rows), and fidelity to the teacher when there is one.
 
-    Accumulates one scalar per row, batch by batch; never holds a split's logits.
+    Keeps running float64 sums, batch by batch: memory does not grow with the split.
     teacher_agreement: top-1 agreement; teacher_kl: KL(softmax(t) ‖ softmax(s)) at τ = 1, nats.
     Sequence tasks add test_ppl = exp(test_loss) and, given the bytes each token stands for,
     test_bpb = Σ loss / (ln 2 · Σ bytes of the target tokens): bits per byte of the evaluated
@@ -71,8 +73,9 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
     """
     was_training = model.training
     model.eval()
-    values: dict[str, list] = {name: [] for name in task.metrics}
-    agree, kl, nbytes = [], [], []
+    zero = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+    sums = {name: zero() for name in (*task.metrics, "agreement", "kl", "bytes")}
+    rows = 0
     batch_size = inference_batch(batch_size, split, task)
     for start in range(0, len(split), batch_size):
         x = model_input(split.x[start:start + batch_size].to(device))
@@ -84,23 +87,26 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
             t = task.rows(teacher(positions, x), y)[0]
         if keep is not None:
             s, y, t = s[keep], y[keep], (None if t is None else t[keep])
+        rows += len(y)
         for name in task.metrics:
-            values[name].append(ROW_METRICS[name](s, y))
+            sums[name] += ROW_METRICS[name](s, y).double().sum()
         if token_bytes is not None:
-            nbytes.append(token_bytes.to(device)[y])
+            sums["bytes"] += token_bytes.to(device)[y].double().sum()
         if t is not None:
-            agree.append(s.argmax(-1) == t.argmax(-1))
-            kl.append(kd_rows(s.double(), t.double(), 1.0))
+            sums["agreement"] += (s.argmax(-1) == t.argmax(-1)).double().sum()
+            step = max(1, KL_BLOCK_ELEMENTS // s.shape[-1])  # float64 temporaries stay small
+            for i in range(0, len(s), step):
+                sums["kl"] += kd_rows(s[i:i + step].double(), t[i:i + step].double(), 1.0).sum()
     model.train(was_training)
-    out = {name: torch.cat(v).double().mean().item() for name, v in values.items()}
+    rows = max(rows, 1)
+    out = {name: sums[name].item() / rows for name in task.metrics}
     if task.kind == "sequence" and "test_loss" in out:
         out["test_ppl"] = math.exp(out["test_loss"])
         if token_bytes is not None:
-            total = torch.cat(values["test_loss"]).double().sum().item()
-            out["test_bpb"] = total / (math.log(2) * torch.cat(nbytes).double().sum().item())
+            out["test_bpb"] = sums["test_loss"].item() / (math.log(2) * sums["bytes"].item())
     if teacher is not None:
-        out["teacher_agreement"] = torch.cat(agree).double().mean().item()
-        out["teacher_kl"] = torch.cat(kl).mean().item()
+        out["teacher_agreement"] = sums["agreement"].item() / rows
+        out["teacher_kl"] = sums["kl"].item() / rows
     return out
 
 
