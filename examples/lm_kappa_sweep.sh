@@ -10,8 +10,8 @@
 #
 #   bash examples/lm_kappa_sweep.sh       # about 30 minutes on 2 CPU cores (README table 7)
 #
-# Every run uses one thread; the settings' sweeps run side by side, JOBS at a time (default:
-# one per setting), each run still its own process and run dir.
+# Every run uses one thread; the settings' sweeps run side by side, JOBS at a time (default
+# 2, one per core of a 2-core machine), each run still its own process and run dir.
 # Settings come from the environment, e.g. SEEDS="0 1 2 3 4" KAPPAS="0.01 0.1 1".
 # An interrupted sweep picks up where it stopped: completed run dirs are skipped, an
 # interrupted one resumes from its checkpoint.
@@ -58,7 +58,10 @@ $KDCLI train-teacher --out "$OUT/teacher" "${DATASET[@]}" --model gpt "${TEACHER
     --steps "$TEACHER_STEPS" --eval-every 500 "${COMMON[@]}"
 
 # student SETTING: the student's --model-arg flags (none: the teacher's architecture)
-student() { if [[ $1 == small ]]; then printf '%s\n' "${SMALL_ARGS[@]}"; fi; }
+student() { if [[ $1 == small && ${#SMALL_ARGS[@]} -gt 0 ]]; then printf '%s\n' "${SMALL_ARGS[@]}"; fi; }
+
+# a failed run stops the script: stop the runs still going beside it too
+trap 'kill $(jobs -rp) 2>/dev/null || true' EXIT
 
 # sweep SETTING: a KD student and its label-trained twin for every κ and seed
 sweep() {
@@ -83,8 +86,8 @@ done
 for pid in "${pids[@]}"; do wait "$pid"; done  # a failed sweep fails the script
 
 # Offline distillation from top-k logits, both tail treatments, against online KD (above)
-# for the smaller student: which one gets closer?
-if [[ -n "$TOPK_KAPPAS" ]]; then
+# for the smaller student: which one gets closer? (Needs the small setting's online runs.)
+if [[ -n "$TOPK_KAPPAS" && " $SETTINGS " == *" small "* ]]; then
   $KDCLI dump-logits --teacher "$OUT/teacher" --out "$OUT/teacher_top$TOPK.parquet" --topk "$TOPK" \
       --dtype float16 --quiet
   mapfile -t MODEL < <(student small)

@@ -218,9 +218,9 @@ class DistillConfig(TrainConfig):
         "auto", "KD loss backend: auto (triton on CUDA, fused on CPU, else eager), eager, fused or "
                 "triton.", "arm")
     topk_tail: str = setting(
-        "uniform", "With a top-k logits file: uniform (the V-K tail classes share the stored tail "
-                   "mass equally) or bucket (the (K+1)-bucket KL: top-k classes plus one rest "
-                   "bucket).", "arm")
+        "uniform", "With a top-k logits file (unused otherwise): uniform (the V-K tail classes "
+                   "share the stored tail mass equally) or bucket (the (K+1)-bucket KL: top-k "
+                   "classes plus one rest bucket).", "arm")
 
     def __post_init__(self):
         super().__post_init__()

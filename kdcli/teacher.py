@@ -87,13 +87,11 @@ class StoredRows(TeacherRows):
     as they are (`topk`), and they are densified only for a caller that asks for full rows."""
 
     def __init__(self, stored: TeacherLogits, file_rows: torch.Tensor, device: torch.device):
-        self.stored, self.file_rows = stored.to(device), file_rows.to(device)
-        per_sample = stored.dense is not None and stored.dense.ndim == 2
-        self.gathered = self.stored.dense[self.file_rows] if per_sample else None
-
-    @property
-    def sparse(self) -> bool:
-        return self.stored.dense is None
+        self.sparse = stored.dense is None
+        if stored.dense is not None and stored.dense.ndim == 2:  # only the split's rows move
+            self.gathered, self.stored, self.file_rows = stored.dense[file_rows].to(device), None, None
+        else:
+            self.gathered, self.stored, self.file_rows = None, stored.to(device), file_rows.to(device)
 
     def __call__(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.gathered is not None:

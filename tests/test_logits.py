@@ -104,3 +104,56 @@ def test_foreign_parquet_is_refused(tmp_path):
     pq.write_table(pa.table({"a": [1, 2]}), tmp_path / "other.parquet")
     with pytest.raises(ArtifactError, match="not a kdcli logits file"):
         read_logits(tmp_path / "other.parquet", "train")
+
+
+def test_a_write_that_fails_at_the_footer_leaves_nothing(tmp_path, monkeypatch):
+    """A full disk while the footer is written: no file appears, one ArtifactError names it."""
+    import errno
+
+    from kdcli.io.logits import LogitsWriter
+
+    real_close, failed = pq.ParquetWriter.close, []
+
+    def no_space(self):  # the first close fails; the writer's own cleanup closes it later
+        if not failed:
+            failed.append(True)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_close(self)
+
+    monkeypatch.setattr(pq.ParquetWriter, "close", no_space)
+    path = tmp_path / "full.parquet"
+    with pytest.raises(ArtifactError, match="full.parquet: cannot write"):
+        with LogitsWriter(path, META, num_classes=12) as writer:
+            writer.write("train", np.arange(4), torch.randn(4, 12))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rows_added_after_writing_are_refused(tmp_path):
+    """The content sha256 covers every row of a split: rows appended later (the footer kept)
+    fail the check."""
+    import pyarrow as pa
+
+    path = tmp_path / "l.parquet"
+    write_logits(path, _splits(), metadata=META)
+    table = pq.read_table(path)
+    raw = dict(pq.read_metadata(path).metadata)
+    raw.pop(b"ARROW:schema")
+    grown = pa.concat_tables([table, table.slice(0, 3)]).replace_schema_metadata(raw)
+    pq.write_table(grown, tmp_path / "grown.parquet")
+    with pytest.raises(ArtifactError, match="do not match the sha256"):
+        read_logits(tmp_path / "grown.parquet", "train")
+
+
+def test_token_rows_round_trip_top_k_per_position(tmp_path):
+    g = np.random.default_rng(0)
+    logits = (3 * g.standard_normal((6, 5, 20))).astype(np.float32)  # 6 windows × 5 positions
+    write_logits(tmp_path / "l.parquet", {"train": (np.arange(6), logits)}, metadata=META, topk=4)
+    got = read_logits(tmp_path / "l.parquet", "train")
+    assert read_metadata(tmp_path / "l.parquet")["positions"] == 5
+    top = got.topk(torch.tensor([4, 1]))
+    assert top.values.shape == (2, 5, 4) and top.lse.shape == (2, 5)
+    for b, window in enumerate((4, 1)):
+        for t in range(5):
+            row = logits[window, t].astype(np.float64)
+            assert set(top.ids[b, t].tolist()) == set(np.argsort(-row)[:4].tolist())
+            assert top.lse[b, t].item() == pytest.approx(np.log(np.exp(row).sum()), rel=1e-6)

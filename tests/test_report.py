@@ -377,7 +377,7 @@ def test_mixed_tree_splits_every_table_and_plot_by_task_and_keeps_classification
     assert {r["metric"] for r in lm.rows} == {"test_loss"} and all(LM_KEYS <= set(r) for r in lm.rows)
     assert {r["teacher"] for r in cls.rows} == {"T1"} and {r["teacher"] for r in lm.rows} == {"LMT"}
     assert [len(k.tau_tables) for k in res.kinds] == [1, 1] and cls.ls_table == cls_only.ls_table
-    assert cls.fidelity == cls_only.fidelity and set(lm.fidelity) == {"kd τ=1 α=1", "kd τ=2 α=1", "ls ε=0.1"}
+    assert cls.fidelity == cls_only.kinds[0].fidelity and set(lm.fidelity) == {"kd τ=1 α=1", "kd τ=2 α=1", "ls ε=0.1"}
     assert [r["cka"] for r in cls.cka_rows] == [0.8] and [r["cka"] for r in lm.cka_rows] == [0.6]
 
     # files: the classification ones byte for byte as before; the LM ones beside them, named _lm

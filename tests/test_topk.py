@@ -100,3 +100,35 @@ def test_no_kept_row_gives_zero():
     s, _, top = _rows()
     got = topk_kd_loss(s.float(), top, tau=1.0, mask=torch.zeros(12, dtype=torch.bool))
     assert got.item() == 0.0
+
+
+def test_kd_loss_on_stored_token_rows_matches_float64_per_position():
+    """KDLoss with a top-k file of windows: each position's stored row meets that position's
+    student logits and target (the [B, T, K] → rows flattening)."""
+    from kdcli.io.logits import TeacherLogits
+    from kdcli.losses.objective import KDLoss
+    from kdcli.task import Task
+    from kdcli.teacher import StoredRows
+
+    g = torch.Generator().manual_seed(5)
+    n, t_len, v, k = 4, 3, 11, 3
+    teacher = 2 * torch.randn(n, t_len, v, generator=g, dtype=torch.float64)
+    values, ids = teacher.topk(k, dim=-1)
+    stored = TeacherLogits(np.arange(n), v, topk_values=values.float(), topk_ids=ids.int(),
+                           lse=torch.logsumexp(teacher, -1).float())
+    rows = StoredRows(stored, torch.tensor([2, 0, 3, 1]), torch.device("cpu"))  # split order ≠ file order
+    task = Task("sequence", v, "permutation", primary="test_loss", pi="relative_reduction")
+    s = torch.randn(2, t_len, v, generator=g, dtype=torch.float64)
+    y = torch.randint(0, v, (2, t_len), generator=g)
+    positions = torch.tensor([1, 3])  # split positions → file rows 0 and 1
+    got = KDLoss(task, 2.0, 0.5, "topk", rows)(s.float(), None, y, positions)
+
+    file_rows = [0, 1]
+    expected = []
+    for b in range(2):
+        q = _teacher_reference(teacher[file_rows[b]].numpy(), ids[file_rows[b]].numpy(), 2.0)
+        log_p = _log_softmax(s[b].numpy() / 2.0)
+        kl = 4.0 * (q * (np.log(q) - log_p)).sum(1)
+        ce = -_log_softmax(s[b].numpy())[np.arange(t_len), y[b].numpy()]
+        expected.append(0.5 * kl + 0.5 * ce)
+    assert got.item() == pytest.approx(np.concatenate(expected).mean(), rel=1e-4)

@@ -123,7 +123,11 @@ class LogitsWriter:
                                  *columns], metadata=encode(meta))
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self.schema, write_page_checksum=True)
+        try:
+            self._writer = pq.ParquetWriter(tmp, self.schema, write_page_checksum=True)
+        except BaseException as err:
+            self._atomic.__exit__(type(err), err, err.__traceback__)  # removes the temporary file
+            raise
         return self
 
     def write(self, split: str, index: np.ndarray, logits: torch.Tensor) -> None:
@@ -156,9 +160,12 @@ class LogitsWriter:
                 self._writer.add_key_value_metadata(encode({
                     "content_sha256": {k: h.hexdigest() for k, h in self._hashes.items()},
                     "chunks": self._chunks}))
-            self._writer.close()
-        finally:
-            self._atomic.__exit__(*exc)
+            self._writer.close()  # writes the footer: a full disk shows here
+        except BaseException as err:
+            if exc[0] is None:  # the file is not whole: never moved into place
+                self._atomic.__exit__(type(err), err, err.__traceback__)  # OSError → ArtifactError
+                raise
+        self._atomic.__exit__(*exc)
 
 
 def write_logits(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
@@ -272,7 +279,8 @@ def _release_arrow_memory() -> None:
 
 def _check_content(meta: dict, split: str, arrays: list[np.ndarray], chunks, path, flag: str) -> None:
     expected = (meta.get("content_sha256") or {}).get(split)
-    if meta["format_version"] >= 2 and content_sha256(arrays, chunks) != expected:
+    covered = chunks is None or sum(chunks) == len(arrays[0])  # rows added after writing are not
+    if meta["format_version"] >= 2 and (not covered or content_sha256(arrays, chunks) != expected):
         raise ArtifactError(f"{flag} {path}: the {split} rows do not match the sha256 recorded when "
                             "they were written (the file is damaged); dump the logits again "
                             "(dump-logits --overwrite)")

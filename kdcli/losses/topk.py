@@ -30,12 +30,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-TAILS = ("uniform", "bucket")
-
 
 @dataclass
 class TopK:
-    """Teacher rows as stored: values [R, K] (float32), ids [R, K] (int64), lse [R]."""
+    """Teacher rows as stored: values [R, K] (float32), ids [R, K] (int64), lse [R]; or with
+    leading dimensions [B, ..., K] (a batch of windows) until `reshape_rows`."""
 
     values: torch.Tensor
     ids: torch.Tensor
@@ -49,10 +48,6 @@ class TopK:
 
     def select(self, keep: torch.Tensor) -> TopK:
         return TopK(self.values[keep], self.ids[keep], self.lse[keep], self.vocab)
-
-    def top1(self) -> torch.Tensor:
-        """The teacher's predicted class per row (the largest stored logit)."""
-        return self.ids.gather(-1, self.values.argmax(-1, keepdim=True)).squeeze(-1)
 
 
 def teacher_log_probs(top: TopK, tau: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,7 +59,8 @@ def _curves(ax, rows: list[dict], key: str, colors: dict[str, str] | None = None
     for label, line in lines.items():
         k = [r["kappa"] for r in line]
         y = [math.nan if r[key] is None else r[key] for r in line]
-        color = {"color": colors[label]} if colors else {}  # else matplotlib's cycles, as ever
+        # a label missing from `colors` (a panel that lacks some model's rows): matplotlib's cycle
+        color = {"color": colors[label]} if colors and label in colors else {}
         (drawn,) = ax.plot(k, y, marker="o", label=label, **color)
         band = bands[label]
         if len(band) > 1 and show_bands:

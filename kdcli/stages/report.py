@@ -82,10 +82,6 @@ class KindReport:
         return "_lm" if self.lm else ""
 
     @property
-    def title(self) -> str:
-        return "language models" if self.lm else "classification"
-
-    @property
     def unit(self) -> str:
         """PI's unit: 'points', 'rel. CE reduction %'."""
         return pi_unit(self.rows[0]) if self.rows else "points"
@@ -101,7 +97,7 @@ class ReportResult:
     damaged_cka: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
     written: list[Path] = field(default_factory=list)
 
-    # Every kind's tables together (each table, and each row of one, is of one kind).
+    # Every kind's tables together (each table, and each row of one, is of one kind)
     @property
     def tau_tables(self) -> list[dict]:
         return [t for k in self.kinds for t in k.tau_tables]
@@ -109,16 +105,6 @@ class ReportResult:
     @property
     def ls_table(self) -> list[dict]:
         return [r for k in self.kinds for r in k.ls_table]
-
-    @property
-    def cka_rows(self) -> list[dict]:
-        return [r for k in self.kinds for r in k.cka_rows]
-
-    @property
-    def fidelity(self) -> dict:
-        """Per arm; where both kinds are present, language-model arms are named '… (lm)'."""
-        mixed = len(self.kinds) > 1
-        return {(f"{a} (lm)" if mixed and k.lm else a): v for k in self.kinds for a, v in k.fidelity.items()}
 
 
 def _matches(run: dict, filters: list[tuple[str, str]]) -> bool:

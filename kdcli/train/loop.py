@@ -39,7 +39,8 @@ EVALUATIONS_BY_DEFAULT = 10
 
 
 # Inference batches of long windows over large vocabularies are capped to this many logits
-# (64 MB in float32): 64 windows of 128 tokens at V = 2,048. Classification batches never are.
+# (64 MB in float32): 64 windows of 128 tokens at V = 2,048. A classification batch reaches it
+# only beyond 16,384 samples of 1,024 classes.
 LOGITS_PER_BATCH = 1 << 24
 # Rows of the float64 fidelity KL are taken this many logits at a time (8 MB per temporary).
 KL_BLOCK_ELEMENTS = 1 << 20
@@ -98,7 +99,7 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
             for i in range(0, len(s), step):
                 sums["kl"] += kd_rows(s[i:i + step].double(), t[i:i + step].double(), 1.0).sum()
     model.train(was_training)
-    rows = max(rows, 1)
+    rows = rows or math.nan  # no row counted: NaN metrics, never a perfect 0
     out = {name: sums[name].item() / rows for name in task.metrics}
     if task.kind == "sequence" and "test_loss" in out:
         out["test_ppl"] = math.exp(out["test_loss"])
