@@ -73,7 +73,8 @@ def _xlogy_terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
 
 def topk_kl_rows(student: torch.Tensor, top: TopK, tau: float, tail: str = "uniform") -> torch.Tensor:
     """KL(teacher ‖ student) at τ per row [R] (float32, differentiable in `student` [R, V])."""
-    log_p = torch.log_softmax(student.float() / tau, 1)
+    z = student.float()
+    log_p = torch.log_softmax(z if tau == 1 else z / tau, 1)  # τ = 1 (the LM default): no [R, V] divide
     log_q, log_qtail = teacher_log_probs(top, tau)
     log_p_top = log_p.gather(1, top.ids)
     kl = _xlogy_terms(log_q, log_p_top)
