@@ -24,6 +24,19 @@ def _private_cache(tmp_path_factory):
         os.environ["KDCLI_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is fastest and immune to oversubscription on a busy machine (a
+    second OpenMP thread only waits at barriers on a shared 2-core box). Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Interrupted(Exception):
     """Stands in for a kill (slurm preemption, Ctrl-C) in the middle of a run."""
 

@@ -23,14 +23,7 @@ from kdcli.stages import cka as stage
 from kdcli.task import classification
 from tests.conftest import tiny_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small products: a second OpenMP thread only waits at barriers on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- the reference

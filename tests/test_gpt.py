@@ -19,12 +19,7 @@ V, T, B = 50, 12, 3
 TASK = Task("sequence", V, "permutation", primary="test_loss", pi="relative_reduction")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str = "test_gpt", vocab: int = V, window: int = T, seed: int = 0, **extra):

@@ -9,12 +9,6 @@ import typer
 from kdcli.cli.main import app
 
 
-def _f(v, spec: str = ".2f") -> str:
-    from kdcli.stages.report import fmt
-
-    return fmt(v, spec)
-
-
 @app.command("report")
 def report_cmd(
     root: Annotated[str, typer.Argument(help="Folder searched recursively for run dirs and cka*.parquet files.")],
@@ -73,7 +67,7 @@ def report_cmd(
             for k in t["kappas"]:
                 heat.add_column(f"{k:g}", justify="right")
             for tau, row in zip(t["taus"], t["pi"]):
-                heat.add_row(f"{tau:g}", *(_f(v, "+.2f") for v in row))
+                heat.add_row(f"{tau:g}", *(report.fmt(v, "+.2f") for v in row))
             console.print(heat)
         if part.ls_table:
             arms = [k for k in part.ls_table[0] if k not in ("model", "teacher", "kappa", *group_by)]
@@ -81,22 +75,22 @@ def report_cmd(
             for name in ["κ", *arms]:
                 ls.add_column(name, justify="right")
             for r in part.ls_table:
-                ls.add_row(f"{r['kappa']:g}", *(_f(r.get(a), "+.2f") for a in arms))
+                ls.add_row(f"{r['kappa']:g}", *(report.fmt(r.get(a), "+.2f") for a in arms))
             console.print(ls)
         if part.fidelity:
             fid = Table(title=f"{lm}Does fidelity track PI? Pearson r across pairs", header_style="bold")
             for name in ("arm", "pairs", "r(PI, agreement gain)", "r(PI, KL reduction)"):
                 fid.add_column(name, justify="right")
             for a, v in part.fidelity.items():
-                fid.add_row(a, str(v["pairs"]), _f(v["r_pi_agreement_gain"], "+.3f"),
-                            _f(v["r_pi_kl_reduction"], "+.3f"))
+                fid.add_row(a, str(v["pairs"]), report.fmt(v["r_pi_agreement_gain"], "+.3f"),
+                            report.fmt(v["r_pi_kl_reduction"], "+.3f"))
             console.print(fid)
         if part.cka_rows:
             cka = Table(title=f"{lm}CKA with the teacher vs κ", header_style="bold")
             for name in ("arm", "estimator", "κ", "CKA", "files"):
                 cka.add_column(name, justify="right")
             for r in part.cka_rows:
-                cka.add_row(r["arm"], r["estimator"], f"{r['kappa']:g}", _f(r["cka"], ".4f"), str(r["n"]))
+                cka.add_row(r["arm"], r["estimator"], f"{r['kappa']:g}", report.fmt(r["cka"], ".4f"), str(r["n"]))
             console.print(cka)
     for label, dirs in (("unpaired", [r["dir"] for r in result.pairing.unpaired]),
                         ("duplicate (not counted)", [r["dir"] for r in result.pairing.duplicates]),

@@ -220,7 +220,9 @@ def _flat(column) -> torch.Tensor:
     The memory may be a read-only Arrow buffer; torch warns about that, but kdcli
     only ever indexes these tensors (which copies), so the warning is silenced.
     """
-    chunks = [c.flatten() if hasattr(c, "flatten") else c for c in column.chunks]
+    import pyarrow as pa
+
+    chunks = [c.flatten() if pa.types.is_fixed_size_list(c.type) else c for c in column.chunks]
     if len(chunks) == 1:
         values = chunks[0].to_numpy(zero_copy_only=False)
     else:
