@@ -148,8 +148,8 @@ class TrainConfig:
     eval_batch_size: int = setting(2048, "Evaluation batch size.", "run")
     device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", "run")
     threads: int | None = setting(
-        None, "CPU threads; default $SLURM_CPUS_PER_TASK or all cores. Use 1 per run when running "
-              "several side by side.", "run")
+        None, "CPU threads; default what slurm gave the task ($SLURM_CPUS_PER_TASK, else "
+              "$SLURM_CPUS_ON_NODE) or all cores. Use 1 per run when running several side by side.", "run")
     overwrite: bool = setting(False, "Redo a completed or interrupted run.", "run", flag="--overwrite")
     resume: bool = setting(False, "Continue an interrupted run from its last checkpoint.", "run",
                            flag="--resume")
@@ -295,7 +295,8 @@ class CKAConfig:
     data_dir: str | None = setting(None, "Folder holding the dataset's files (never downloaded).", "run")
     device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", "run")
     threads: int | None = setting(
-        None, "CPU threads; default $SLURM_CPUS_PER_TASK or all cores.", "run")
+        None, "CPU threads; default what slurm gave the task ($SLURM_CPUS_PER_TASK, else "
+              "$SLURM_CPUS_ON_NODE) or all cores.", "run")
     overwrite: bool = setting(False, "Replace an existing --out.", "run", flag="--overwrite")
 
     def __post_init__(self):

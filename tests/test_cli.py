@@ -53,8 +53,11 @@ def test_teacher_then_labels(dataset, tmp_path):
             "--seed", "2", *FAST, "--quiet"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert res.stdout == ""  # --quiet
+    # --quiet: one line (the run, its result, the seconds), for logs
     run = json.loads((student / "run.json").read_text())
+    assert res.stdout == (f"{student}: completed {run['final']['step']} steps, test_acc "
+                          f"{run['final']['test_acc']:.4f}, in {res.stdout.split(' in ')[-1]}")
+    assert res.stdout.endswith(" s\n") and res.stdout.count("\n") == 1
     assert run["stage"] == "train-labels"
     assert run["dataset"]["fingerprint"] == t_run["dataset"]["fingerprint"]
     assert run["model"]["name"] == t_run["model"]["name"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -96,36 +95,6 @@ def test_lm_kappa_sweep_tiny(tmp_path):
     assert (tmp_path / "out" / "report" / "pi_vs_kappa_lm.png").is_file()
 
 
-FAKE_SBATCH = """#!/usr/bin/env bash
-# Stand-in for slurm's sbatch: runs the job at once (arrays task by task) and prints a job id.
-array=""; wrap=""; script=""
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --array=*) array=${1#--array=} ;;
-    --wrap) wrap=$2; shift ;;
-    --*) ;;
-    *) script=$1 ;;
-  esac
-  shift
-done
-if [[ -n "$wrap" ]]; then bash -c "$wrap" >&2
-else for i in $(seq "${array%-*}" "${array#*-}"); do SLURM_ARRAY_TASK_ID=$i bash "$script" >&2; done; fi
-echo "$RANDOM"
-"""
-
-
-@pytest.mark.slow
-def test_slurm_array(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    sbatch = bin_dir / "sbatch"
-    sbatch.write_text(FAKE_SBATCH)
-    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
-    proc = run_example("slurm/submit.sh", tmp_path, KAPPAS="0.1,1", SEEDS="0",
-                       PATH=f"{bin_dir}:{os.environ['PATH']}")
-    assert "2 points × 2 methods" in proc.stdout
-    rows = report_rows(tmp_path / "out")
-    assert sorted(r["kappa"] for r in rows) == [0.1, 1.0]
 
 
 @pytest.mark.slow

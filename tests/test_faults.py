@@ -196,30 +196,37 @@ def test_sigterm_then_resume_gives_the_uninterrupted_weights(tmp_path):
 
 @pytest.mark.slow
 def test_the_slurm_example_forwards_sigterm_and_requeues(tmp_path):
-    """kappa_array.sbatch at the time limit: SIGTERM to the batch script reaches kdcli, which
-    checkpoints and exits 75, and the script requeues the task."""
+    """sweep.sbatch at the time limit (--signal=B:TERM signals only the batch script): the script
+    passes SIGTERM on to kdcli, which checkpoints and exits 75, and the script, which slurm
+    still counts as RUNNING, requeues its task. (tests/test_slurm.py runs it under a real slurm.)"""
     out = tmp_path / "out"
     kdcli("train-teacher", "--out", str(out / "teacher"), *A, "--epochs", "1", check=True)
     kdcli("dump-logits", "--teacher", str(out / "teacher"), "--out", str(out / "teacher_logits.parquet"),
           "--quiet", check=True)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/requeued\n")
-    (bin_dir / "scontrol").chmod(0o755)
-    env = {**os.environ, "OUT": str(out), "KAPPAS": "0.5", "SEEDS": "0", "STUDENT_STEPS": "200000",
-           "KDCLI": KDCLI, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "77",
+    for name, body in (("scontrol", f'echo "$@" > {tmp_path}/requeued'), ("squeue", "echo RUNNING")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    env = {**os.environ, "KAPPAS": "0.5", "SEEDS": "0", "STUDENT_STEPS": "200000", "KDCLI": KDCLI,
            "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("KDCLI_FAULT", None)
-    script = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "kappa_array.sbatch"
-    proc = subprocess.Popen(["bash", str(script)], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    point = out / "kd" / "tau4" / "kappa0.5_seed0"
+    settings = out / "sweep.env"
+    subprocess.run(["bash", "-c", f"source {examples}/settings.sh; settings_defaults; settings_write {settings}"],
+                   env=env, check=True)
+    task = {**env, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "77", "SLURM_JOB_ID": "78"}
+    proc = subprocess.Popen(["bash", str(examples / "slurm" / "sweep.sbatch"), str(settings), "students"],
+                            env=task, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    point = out / "kd" / "tau4" / "k0.5" / "s0"
     deadline = time.monotonic() + 120
     while not (point / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)  # to the batch script, as --signal=B:TERM does
-    _, err = proc.communicate(timeout=120)
+    proc.send_signal(signal.SIGTERM)  # to the batch script only, as --signal=B:TERM does
+    log, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err
     assert (tmp_path / "requeued").read_text().split() == ["requeue", "77_0"]
+    assert "checkpoint saved: requeued" in log and "exit status 75" in log
     assert saved_progress(point)["step"] >= 500 and not (point / "run.json").exists()
 
 

@@ -1,18 +1,42 @@
 #!/usr/bin/env bash
-# Submit the κ sweep to slurm: teacher + logits, then the student array, then the report.
+# Submit the κ sweep (the main job, at `make demo`'s settings) to slurm: the teacher and its
+# logits, then the student array (a KD student and its label twin per κ and seed), then the
+# report, each job waiting for the one before it.
 #
-#   OUT=runs/slurm_sweep bash examples/slurm/submit.sh
+#   OUT=runs/slurm_sweep bash examples/slurm/submit.sh          # settings from the environment
+#   bash examples/slurm/submit.sh                               # again: resubmits the same sweep
+#
+# The first submission writes the settings into OUT/sweep.env (examples/settings.sh names
+# them); every job, and every later submission to the same OUT, reads them from there and
+# refuses an environment that disagrees, so a re-submission trains exactly the same points.
+# It skips completed runs and resumes interrupted ones. Logs go to OUT/logs/.
+# Extra sbatch options for every job (a partition, an account) in SBATCH_ARGS, e.g.
+#   SBATCH_ARGS="--partition=cpu --account=lab" bash examples/slurm/submit.sh
 set -euo pipefail
-here=$(dirname "$0")
-export OUT=${OUT:-runs/slurm_sweep} KAPPAS=${KAPPAS:-0.02,0.05,0.1,0.25,1} SEEDS=${SEEDS:-0,1,2}
-export N_TRAIN=${N_TRAIN:-10000} TEACHER_EPOCHS=${TEACHER_EPOCHS:-40} KDCLI=${KDCLI:-kdcli}
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/../settings.sh"
+OUT=${OUT:-runs/slurm_sweep}
+mkdir -p "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)  # the jobs may start in another directory
+settings="$OUT/sweep.env"
+if [[ ! -f "$settings" ]]; then
+  settings_defaults
+  settings_write "$settings"
+fi
+source "$settings"  # refuses a setting the environment gives another value
+read -ra kappas <<< "$KAPPAS"
+read -ra seeds <<< "$SEEDS"
+tasks=$(( 2 * ${#kappas[@]} * ${#seeds[@]} ))
+read -ra extra <<< "${SBATCH_ARGS:-}"
+# --kill-on-invalid-dep: a job whose dependency failed or was cancelled is cancelled too,
+# instead of waiting forever (DependencyNeverSatisfied).
+sb=(sbatch --parsable --kill-on-invalid-dep=yes "${extra[@]}")
 
-teacher=$(sbatch --parsable --job-name=kd-teacher --cpus-per-task=2 --wrap "set -e
-  $KDCLI train-teacher --out $OUT/teacher --dataset mnist1d --dataset-arg n_train=$N_TRAIN \
-      --model cnn1d --epochs $TEACHER_EPOCHS --lr 3e-3 --checkpoint-every 500 --resume --quiet
-  $KDCLI dump-logits --teacher $OUT/teacher --out $OUT/teacher_logits.parquet --quiet")
-points=$($KDCLI train-labels --out "$OUT/labels" --grid "kappa=$KAPPAS" --grid "seed=$SEEDS" --print-grid)
-array=$(sbatch --parsable --dependency=afterok:"$teacher" --array=0-$((2 * points - 1)) "$here/kappa_array.sbatch")
-report=$(sbatch --parsable --dependency=afterok:"$array" --job-name=kd-report \
-    --wrap "$KDCLI report $OUT --out $OUT/report")
-echo "teacher job $teacher, array $array (${points} points × 2 methods), report job $report"
+teacher=$("${sb[@]}" --job-name=kd-teacher --cpus-per-task=2 --output="$OUT/logs/teacher-%j.out" \
+    "$here/sweep.sbatch" "$settings" teacher)
+array=$("${sb[@]}" --job-name=kd-students --dependency=afterok:"$teacher" --array=0-$((tasks - 1)) \
+    --output="$OUT/logs/students-%A_%a.out" "$here/sweep.sbatch" "$settings" students)
+report=$("${sb[@]}" --job-name=kd-report --dependency=afterok:"$array" --output="$OUT/logs/report-%j.out" \
+    "$here/sweep.sbatch" "$settings" report)
+echo "teacher job $teacher, student array $array ($((tasks / 2)) points × 2 methods), report job $report;" \
+     "settings $settings, logs $OUT/logs"

@@ -69,6 +69,16 @@ def fmt(value) -> str:
     return str(value)
 
 
+def one_line(run: dict, out: str, seconds: float) -> str:
+    """A completed run in one line (--quiet): where, the steps (resumed from which), the
+    primary test metric, the seconds this process took."""
+    final, attempt = run["final"], run["attempts"][-1]
+    primary = run["task"]["primary"]
+    resumed = f" (resumed at step {attempt['first_step']})" if attempt["first_step"] else ""
+    return (f"{out}: completed {final['step']} steps{resumed}, {primary} {fmt(final.get(primary))}, "
+            f"in {seconds:.1f} s")
+
+
 def run_summary(title: str, run: dict) -> Table:
     """The final summary of a training run."""
     table = Table(title=title, show_header=True, header_style="bold")

@@ -3,6 +3,8 @@ over kdcli.stages, their options built from the configs (kdcli/config.py)."""
 
 from __future__ import annotations
 
+import time
+
 import typer
 
 from kdcli.cli import build
@@ -37,15 +39,18 @@ def _train(stage: str, **values) -> None:
         raise typer.Exit()
     cfg = train_config(stage, values)
 
-    from kdcli.cli.display import ProgressBar, console, err_console, run_summary
+    from kdcli.cli.display import ProgressBar, console, err_console, one_line, run_summary
     from kdcli.stages import distill, train
 
     stage_module = distill if stage == "distill" else train
+    started = time.perf_counter()
     with ProgressBar(f"{stage} {cfg.out}", values["quiet"]) as bar:
         result = stage_module.run(cfg, progress=bar)
     if result.skipped:
         err_console.print(f"{cfg.out}: already complete, skipped (--overwrite to redo)")
-    elif not values["quiet"]:
+    elif values["quiet"]:  # one line per run, for logs: the point, its result, the seconds
+        console.print(one_line(result.run, cfg.out, time.perf_counter() - started), highlight=False)
+    else:
         console.print(run_summary(TITLES[stage], {**result.run, "dir": str(result.run_dir)}))
 
 

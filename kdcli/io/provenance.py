@@ -51,6 +51,19 @@ def git_sha() -> str | None:
     return sha + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def this_attempt() -> dict:
+    """The record of one attempt at a run (run.json `attempts`): when and where it started, the
+    slurm job (array job_task) and slurm's restart count; the training loop fills in the rest."""
+    env = os.environ
+    job = env.get("SLURM_JOB_ID")
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    restarts = env.get("SLURM_RESTART_COUNT", "")
+    return {"started": now_iso(), "ended": None, "outcome": "running", "first_step": 0, "last_step": 0,
+            "host": socket.gethostname(), "slurm_job": job,
+            "restart_count": int(restarts) if restarts.isdigit() else 0}
+
+
 def provenance(*, started: str, inputs: dict[str, str] | None = None, seeds: dict | None = None) -> dict:
     """The record stored under `provenance` in run.json (and in Parquet metadata)."""
     return {

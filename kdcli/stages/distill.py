@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kdcli.config import DistillConfig
 from kdcli.errors import ConfigError
-from kdcli.io.provenance import now_iso
+from kdcli.io.provenance import this_attempt
 from kdcli.losses import resolve_backend
 from kdcli.losses.objective import KDLoss
 from kdcli.progress import Progress
@@ -31,7 +31,7 @@ def run(cfg: DistillConfig, progress: Progress | None = None) -> rundir.RunResul
     action, done = rundir.decide(resolved.cfg)
     if action == "skip":
         return rundir.RunResult(Path(resolved.cfg.out), True, done)
-    started = now_iso()
+    attempts = [this_attempt()]
     p = prepare(resolved)
     c = p.cfg
 
@@ -55,6 +55,7 @@ def run(cfg: DistillConfig, progress: Progress | None = None) -> rundir.RunResul
 
     with rundir.claim(c, action) as out:
         rows = fit(c, p.model, train, evaluator, task=p.task, model_input=p.dataset.model_input,
-                   objective=objective, device=p.device, run_dir=out, progress=progress)
-        run = rundir.finish(p, out, rows, started, {"method": "kd", "kd": kd})
+                   objective=objective, device=p.device, run_dir=out, attempts=attempts,
+                   progress=progress)
+        run = rundir.finish(p, out, rows, attempts, {"method": "kd", "kd": kd})
     return rundir.RunResult(out, False, run, rows)

@@ -23,7 +23,7 @@ from kdcli.io import runs
 from kdcli.io.atomic import clear_temporaries, write_json
 from kdcli.io.checkpoint import save_model
 from kdcli.io.hashing import sha256_file
-from kdcli.io.provenance import provenance
+from kdcli.io.provenance import now_iso, provenance
 from kdcli.io.tables import write_metrics, write_table
 from kdcli.train.state import clear_state, saved_progress
 
@@ -122,11 +122,13 @@ def claim(cfg: TrainConfig, action: str) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-def finish(p, out: Path, rows: list[dict], started: str, info: dict) -> dict:
+def finish(p, out: Path, rows: list[dict], attempts: list[dict], info: dict) -> dict:
     """Write the weights, metrics and subset, then run.json (last). `p` is the stage's
-    Prepared inputs; `info` adds stage-specific fields (method, kd) to run.json."""
+    Prepared inputs; `attempts` every attempt at the run, this one last (fit's list); `info`
+    adds stage-specific fields (method, kd) to run.json."""
     cfg, dataset, subset, model = p.cfg, p.dataset, p.subset, p.model
     run_id = uuid.uuid4().hex[:16]
+    attempts[-1].update(ended=now_iso(), outcome="completed")
     data = dataset.describe()
     inputs = p.teacher.inputs() if p.teacher is not None else {}
     save_model(out / runs.MODEL_FILE, model, model_name=cfg.model, model_args=p.model_args,
@@ -157,7 +159,8 @@ def finish(p, out: Path, rows: list[dict], started: str, info: dict) -> dict:
         "final": rows[-1],
         "artifacts": {name: sha256_file(out / name) for name in ARTIFACTS},
         "artifact_bytes": {name: (out / name).stat().st_size for name in ARTIFACTS},
-        "provenance": provenance(started=started, inputs=inputs,
+        "attempts": attempts,
+        "provenance": provenance(started=attempts[-1]["started"], inputs=inputs,
                                  seeds={"seed": cfg.seed, "subset_seed": cfg.subset_seed}),
     }
     write_json(out / runs.RUN_JSON, run)  # the completion marker, last

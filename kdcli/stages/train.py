@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kdcli.config import TrainConfig
 from kdcli.errors import ConfigError
-from kdcli.io.provenance import now_iso
+from kdcli.io.provenance import this_attempt
 from kdcli.losses.objective import LabelLoss
 from kdcli.losses.smoothing import matched_smoothing
 from kdcli.progress import Progress
@@ -29,7 +29,7 @@ def run(cfg: TrainConfig, progress: Progress | None = None) -> rundir.RunResult:
     action, done = rundir.decide(resolved.cfg)
     if action == "skip":
         return rundir.RunResult(Path(resolved.cfg.out), True, done)
-    started = now_iso()
+    attempts = [this_attempt()]
     p = prepare(resolved)
 
     if p.cfg.match_smoothing_tau is not None:  # the label-smoothing control
@@ -44,6 +44,7 @@ def run(cfg: TrainConfig, progress: Progress | None = None) -> rundir.RunResult:
 
     with rundir.claim(p.cfg, action) as out:
         rows = fit(p.cfg, p.model, p.subset.split, evaluator, task=p.task, model_input=p.dataset.model_input,
-                   objective=objective, device=p.device, run_dir=out, progress=progress)
-        run = rundir.finish(p, out, rows, started, {"method": "labels"})
+                   objective=objective, device=p.device, run_dir=out, attempts=attempts,
+                   progress=progress)
+        run = rundir.finish(p, out, rows, attempts, {"method": "labels"})
     return rundir.RunResult(out, False, run, rows)

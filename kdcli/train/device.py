@@ -29,12 +29,18 @@ def select_device(name: str) -> torch.device:
 
 
 def choose_threads(requested: int | None) -> int:
-    """--threads if given, else $SLURM_CPUS_PER_TASK, else every core this process may use."""
+    """--threads if given, else what slurm gave the task ($SLURM_CPUS_PER_TASK; without
+    --cpus-per-task, $SLURM_CPUS_ON_NODE, the CPUs of this job on this node), else every core
+    this process may use (its affinity mask, which slurm's task/affinity and cgroup plugins
+    narrow to the task's CPUs)."""
     if requested is not None:
         return requested
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return min(int(value), usable)
+    return usable
 
 
 def use_device(name: str, threads: int | None) -> torch.device:

@@ -24,6 +24,7 @@ from kdcli.config import TrainConfig, parse_interval
 from kdcli.data.augment import augment
 from kdcli.data.base import Split
 from kdcli.errors import Stopped
+from kdcli.io.provenance import now_iso
 from kdcli.io.runs import CKPT_TENSORS
 from kdcli.losses.eager import kd_rows
 from kdcli.progress import Progress
@@ -191,12 +192,17 @@ class TrainMeter:
 
 def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evaluator, *, task: Task,
         model_input: Callable, objective: Objective, device: torch.device, run_dir: Path,
-        progress: Progress | None = None) -> list[dict]:
+        attempts: list[dict], progress: Progress | None = None) -> list[dict]:
     """Train `model` in place; returns one metrics row per evaluation.
 
     With cfg.resume the state of the last checkpoint is restored (weights, optimiser,
     RNG streams, the epoch's order, the running train metrics), so the run ends with the
     same weights as an uninterrupted one.
+
+    `attempts` holds this attempt's record (provenance.this_attempt); a resumed run puts the
+    earlier attempts its checkpoint recorded in front. Every checkpoint stores the list, this
+    attempt's last step and outcome included: "stopped (SIGTERM)" when a signal stopped it,
+    else "killed after its last checkpoint", which holds if no later record replaces it.
     """
     progress = progress or Progress()
     per_epoch, total = steps_plan(cfg, len(train))
@@ -215,6 +221,8 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
         step, rows = saved.progress["step"], saved.progress["rows"]
         perm = saved.tensors["order.perm"].to(device)
         meter = TrainMeter(*(saved.tensors[f"meter.{k}"].to(device) for k in ("loss_sum", "correct", "rows")))
+        attempts[:-1] = saved.progress.get("attempts", [])  # none in checkpoints of kdcli < 0.5
+        attempts[-1].update(first_step=step, last_step=step)
 
     evals = Every(cfg.eval_every, "--eval-every", default_steps=math.ceil(total / EVALUATIONS_BY_DEFAULT))
     checkpoints = Every(cfg.checkpoint_every, "--checkpoint-every")
@@ -224,11 +232,13 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
     model.train()
     lr = lr_at(cfg, step, total, per_epoch)
 
-    def checkpoint() -> None:
+    def checkpoint(outcome: str) -> None:
+        attempts[-1].update(ended=now_iso(), last_step=step, outcome=outcome)
         save_state(run_dir, model=model, optimizer=optimizer, generators=generators,
                    tensors={"order.perm": perm, "meter.loss_sum": meter.loss_sum,
                             "meter.correct": meter.correct, "meter.rows": meter.rows},
-                   progress={"step": step, "rows": rows, "config": cfg.compared_fields()})
+                   progress={"step": step, "rows": rows, "config": cfg.compared_fields(),
+                             "attempts": attempts})
 
     with StopOnSignal() as stop:
         while step < total:
@@ -260,9 +270,10 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
                 progress.metrics(row)
                 meter = TrainMeter.zeros(device)
             if step < total and (checkpoints.due(step) or stop.signum is not None):
-                checkpoint()
+                checkpoint(f"stopped ({stop.name})" if stop.signum else "killed after its last checkpoint")
             if step < total and stop.signum is not None:
                 raise Stopped(f"{stop.name} at step {step} of {total}; a checkpoint is saved in "
                               f"{run_dir}: run the same command with --resume to continue",
                               stop.signum)
+    attempts[-1]["last_step"] = step
     return rows

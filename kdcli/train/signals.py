@@ -5,7 +5,10 @@ sends SIGINT. While training, either only sets a flag; the loop checks it after 
 step, saves its checkpoint and raises `Stopped`, which the CLI turns into one line and
 exit status 75 (SIGTERM) or 130 (SIGINT). A second signal while the first is handled
 acts as it would without kdcli (SIGINT raises KeyboardInterrupt, SIGTERM ends the
-process). Handlers are only installed in the main thread and removed after training.
+process), except a repeated SIGTERM, which is ignored: slurm delivers one preemption
+twice (to every process of the job, and through the batch script that forwards it), and
+sends SIGKILL on its own schedule. Handlers are only installed in the main thread and
+removed after training.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ class StopOnSignal:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
+        if self.signum == signal.SIGTERM == signum:  # the same request again: already stopping
+            return
         if self.signum is not None:  # a second signal: do what it would have done
             signal.signal(signum, self._previous.get(signum) or signal.SIG_DFL)
             signal.raise_signal(signum)
