@@ -39,3 +39,7 @@ class Stopped(KdcliError):
         import signal
 
         self.exit_code = 130 if signum == signal.SIGINT else 75
+
+
+class PointsFailed(KdcliError):
+    """Some points of a multi-point sweep failed (each was reported as it failed); the others ran."""

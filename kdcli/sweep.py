@@ -3,8 +3,9 @@
 A grid is the Cartesian product of the listed values, in the order given (the
 last key varies fastest). Task N runs the N-th point in its own run dir,
 OUT/<key><value>_<key><value>…, so array tasks never share files and a
-re-submitted array skips completed points. No scheduler of our own: slurm (or
-xargs, or a bash loop over --task-index) does the fanning out.
+re-submitted array skips completed points. One process may run several points
+(--task-index 0-9, 0,4,7, all; --task-block B for a block per array task), one
+after another, paying the start-up (importing torch) once.
 """
 
 from __future__ import annotations
@@ -69,17 +70,49 @@ def grid_size(grid: list[tuple[str, list]]) -> int:
     return math.prod(len(values) for _, values in grid)
 
 
-def task_index(index: int | None) -> int:
-    """--task-index, else $SLURM_ARRAY_TASK_ID."""
-    if index is not None:
-        return index
-    env = os.environ.get("SLURM_ARRAY_TASK_ID")
-    if env is None:
-        raise ConfigError("--task-index is required with --grid (or run inside a slurm array, "
-                          "which sets SLURM_ARRAY_TASK_ID)")
-    if not env.isdigit():
-        raise ConfigError(f"SLURM_ARRAY_TASK_ID={env!r}: expected a non-negative integer")
-    return int(env)
+def task_indices(text: str | None, size: int, block: int | None = None) -> list[int]:
+    """The grid points to run, in the order given: --task-index N, A-B, a comma list of these
+    (0-3,7), or `all`; default $SLURM_ARRAY_TASK_ID. With --task-block B the index is a block
+    number: block i runs points i·B … i·B+B−1 (the last block may be shorter)."""
+    flag = "--task-index"
+    if text is None:
+        text = os.environ.get("SLURM_ARRAY_TASK_ID")
+        if text is None:
+            raise ConfigError("--task-index is required with --grid (or run inside a slurm array, "
+                              "which sets SLURM_ARRAY_TASK_ID)")
+        flag = "SLURM_ARRAY_TASK_ID"
+        if not text.isdigit():
+            raise ConfigError(f"SLURM_ARRAY_TASK_ID={text!r}: expected a non-negative integer")
+    if block is not None and block < 1:
+        raise ConfigError(f"--task-block {block}: expected a positive number of points per task")
+    if block is None:
+        indices = _index_list(text, flag, size, "grid point")
+    else:
+        blocks = math.ceil(size / block)
+        indices = [i for b in _index_list(text, flag, blocks, "block")
+                   for i in range(b * block, min((b + 1) * block, size))]
+    return indices
+
+
+def _index_list(text: str, flag: str, size: int, what: str) -> list[int]:
+    text = text.strip()
+    if text == "all":
+        return list(range(size))
+    indices: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()) or (dash and int(last) < int(first)):
+            raise ConfigError(f"{flag} {text}: expected N, A-B (A ≤ B), a comma list of these "
+                              "(0-3,7), or all")
+        indices.extend(range(int(first), int(last if dash else first) + 1))
+    outside = [i for i in indices if i >= size]
+    if outside:
+        raise ConfigError(f"{flag} {text}: {what} {outside[0]} is outside the grid, which has {size} "
+                          f"{what}s (0..{size - 1})")
+    repeated = sorted({i for i in indices if indices.count(i) > 1})
+    if repeated:
+        raise ConfigError(f"{flag} {text}: names {what} {repeated[0]} twice")
+    return indices
 
 
 def grid_point(grid: list[tuple[str, list]], index: int) -> dict:
@@ -95,8 +128,20 @@ def point_name(point: dict) -> str:
                     for name, value in point.items())
 
 
-def apply_point(cfg, grid_items: list[str], index: int | None):
-    """The config of one grid point: the point's values, and OUT/<point name> as run dir."""
+def grid_configs(cfg, grid_items: list[str], indices: str | None, block: int | None = None) -> list:
+    """The config of each grid point to run: the point's values, and OUT/<point name> as its
+    run dir."""
     grid = parse_grid(grid_items, type(cfg), cfg.stage)
-    point = grid_point(grid, task_index(index))
-    return cfg.replace(**point, out=str(Path(cfg.out) / point_name(point)))
+    configs = []
+    for index in task_indices(indices, grid_size(grid), block):
+        point = grid_point(grid, index)
+        configs.append(cfg.replace(**point, out=str(Path(cfg.out) / point_name(point))))
+    return configs
+
+
+def point_error(cfg, exc: Exception) -> str:
+    """A failed point's error line: the message, naming the point's run dir if it doesn't."""
+    message = getattr(exc, "strerror", None) or str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        message = f"{exc.filename}: {message}"
+    return message if str(cfg.out) in message else f"{cfg.out}: {message}"

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from kdcli.config import DistillConfig, TrainConfig
 from kdcli.errors import ConfigError
-from kdcli.sweep import grid_point, grid_size, parse_grid, point_name, task_index
+from kdcli.sweep import grid_point, grid_size, parse_grid, point_name, task_indices
 
 ARGS = ["train-labels", "--dataset", "digits", "--model", "test_mlp", "--epochs", "1", "--threads", "1",
         "--grid", "kappa=0.2,0.5", "--grid", "seed=0,1,2", "--quiet"]
@@ -36,12 +36,33 @@ def test_bad_grids(item, words):
 def test_index_from_slurm_and_range(monkeypatch):
     grid = parse_grid(["seed=0,1"], TrainConfig, "train-labels")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
-    assert task_index(None) == 1 and task_index(0) == 0
+    assert task_indices(None, 2) == [1] and task_indices("0", 2) == [0]
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "x")
+    with pytest.raises(ConfigError, match="SLURM_ARRAY_TASK_ID='x'"):
+        task_indices(None, 2)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
     with pytest.raises(ConfigError, match="--task-index is required"):
-        task_index(None)
+        task_indices(None, 2)
     with pytest.raises(ConfigError, match="expected 0..1"):
         grid_point(grid, 2)
+
+
+@pytest.mark.parametrize("text,block,expected", [
+    ("0-3,7", None, [0, 1, 2, 3, 7]), ("5,1", None, [5, 1]), ("all", None, list(range(10))),
+    (" 4 ", None, [4]), ("0", 4, [0, 1, 2, 3]), ("2", 4, [8, 9]), ("0-1", 4, list(range(8))),
+    ("all", 3, list(range(10)))])
+def test_task_index_lists_ranges_and_blocks(text, block, expected):
+    assert task_indices(text, 10, block) == expected  # a grid of 10 points
+
+
+@pytest.mark.parametrize("text,block,words", [
+    ("10", None, "grid point 10 is outside the grid, which has 10"), ("3-12", None, "grid point 10 is outside"),
+    ("1,2,1", None, "names grid point 1 twice"), ("0-2,2", None, "twice"), ("3-1", None, "A ≤ B"),
+    ("a", None, "expected N, A-B"), ("1-", None, "expected N"), ("", None, "expected N"), ("-1", None, "expected N"),
+    ("3", 4, "block 3 is outside the grid, which has 3 blocks"), ("0", 0, "--task-block 0")])
+def test_bad_task_indices(text, block, words):
+    with pytest.raises(ConfigError, match=words):
+        task_indices(text, 10, block)
 
 
 def test_every_index_runs_its_point_once(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import (
@@ -61,6 +63,18 @@ class ProgressBar(ProgressProtocol):
         if self.progress is not None:
             shown = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("test_"))
             self.progress.update(self.task, metrics=f"step {row['step']} {shown}")
+
+
+@contextmanager
+def sweep_progress(description: str, total: int, quiet: bool) -> Iterator[Callable[[], None]]:
+    """A progress bar over a sweep's points (on a terminal, unless quiet); yields `advance`."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
 
 
 def fmt(value) -> str:

@@ -38,7 +38,7 @@ def _register() -> None:
 _register()
 
 
-def _print_error(label: str, message: str) -> None:
+def print_error(label: str, message: str) -> None:
     from kdcli.cli.display import err_console
 
     err_console.print(f"[bold red]{label}:[/] {message}", highlight=False, soft_wrap=True)
@@ -51,15 +51,15 @@ def main() -> None:
     except KdcliError as exc:
         if os.environ.get("KDCLI_DEBUG"):
             raise
-        _print_error(exc.label, str(exc))
+        print_error(exc.label, str(exc))
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        _print_error("Stopped", "interrupted (SIGINT); nothing was saved")
+        print_error("Stopped", "interrupted (SIGINT); nothing was saved")
         sys.exit(130)
     except (ImportError, MemoryError) as exc:  # e.g. `import torch` under a tight memory limit
         if os.environ.get("KDCLI_DEBUG"):
             raise
-        _print_error("Error", f"{type(exc).__name__}: {str(exc) or 'out of memory'} (an incomplete "
+        print_error("Error", f"{type(exc).__name__}: {str(exc) or 'out of memory'} (an incomplete "
                      "installation, or a memory limit too low to load PyTorch)")
         sys.exit(1)
     except OSError as exc:  # e.g. --out under a file, a read-only folder, a full disk

@@ -10,8 +10,15 @@ import typer
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")]
 Grid = Annotated[list[str] | None, typer.Option(
     "--grid", help="Sweep KEY=V1,V2,… (repeatable); runs one point of the Cartesian product in OUT/<point>.")]
-TaskIndex = Annotated[int | None, typer.Option(
-    help="Which grid point to run (0-based); default $SLURM_ARRAY_TASK_ID.")]
+TaskIndex = Annotated[str | None, typer.Option(
+    help="Which grid points to run (0-based), one after another in this process: N, A-B, a comma "
+         "list of these (0-3,7) or all; default $SLURM_ARRAY_TASK_ID.")]
+TaskBlock = Annotated[int | None, typer.Option(
+    help="Points per task: the task index is then a block number, block i being points "
+         "i·B … i·B+B−1 (one slurm array task per block); --print-grid prints the number of blocks.")]
+Workers = Annotated[int, typer.Option(
+    help="Run the points over this many worker processes, the cores split among them (--threads "
+         "per worker; default: the usable cores divided by the workers).")]
 PrintGrid = Annotated[bool, typer.Option("--print-grid", help="Print the number of grid points and exit.")]
 
 
@@ -21,4 +28,5 @@ def keyword(name: str, annotation, default) -> inspect.Parameter:
 
 QUIET = keyword("quiet", Quiet, False)
 SWEEP = [keyword("grid", Grid, None), keyword("task_index", TaskIndex, None),
+         keyword("task_block", TaskBlock, None), keyword("workers", Workers, 1),
          keyword("print_grid", PrintGrid, False)]

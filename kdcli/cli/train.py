@@ -3,13 +3,16 @@ over kdcli.stages, their options built from the configs (kdcli/config.py)."""
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 
 import typer
 
 from kdcli.cli import build
 from kdcli.cli import options as o
 from kdcli.cli.main import app
+from kdcli.errors import ConfigError, KdcliError, PointsFailed, Stopped
 
 TITLES = {"train-teacher": "teacher", "train-labels": "label-trained student", "distill": "distilled student"}
 
@@ -20,35 +23,67 @@ def _config_class(stage: str):
     return DistillConfig if stage == "distill" else TrainConfig
 
 
-def train_config(stage: str, values: dict):
-    """The config a training command hands its stage (a grid point's, with --grid)."""
+def train_configs(stage: str, values: dict) -> list:
+    """The configs a training command runs: one, or a config per grid point asked for."""
     cls = _config_class(stage)
     cfg = cls(stage=stage, **build.config_values(cls, values, stage))
-    if values["grid"]:
-        from kdcli.sweep import apply_point
+    if not values["grid"]:
+        if values["task_index"] is not None or values["task_block"] is not None:
+            raise ConfigError("--task-index and --task-block choose points of a --grid; give --grid")
+        return [cfg]
+    from kdcli.sweep import grid_configs
 
-        cfg = apply_point(cfg, values["grid"], values["task_index"])
-    return cfg
+    return grid_configs(cfg, values["grid"], values["task_index"], values["task_block"])
 
 
 def _train(stage: str, **values) -> None:
     if values["print_grid"]:
         from kdcli.sweep import grid_size, parse_grid
 
-        typer.echo(grid_size(parse_grid(values["grid"] or [], _config_class(stage), stage)))
+        size = grid_size(parse_grid(values["grid"] or [], _config_class(stage), stage))
+        block = values["task_block"]
+        typer.echo(size if not block or block < 1 else math.ceil(size / block))
         raise typer.Exit()
-    cfg = train_config(stage, values)
+    configs = train_configs(stage, values)
+    if values["workers"] < 1:
+        raise ConfigError(f"--workers {values['workers']}: expected at least 1")
+    if values["workers"] > 1:
+        from kdcli.cli.workers import run_workers
 
+        run_workers(stage, configs, values["workers"], values["quiet"])
+        return
+    if len(configs) == 1:
+        _run(stage, configs[0], values["quiet"])
+        return
+    from kdcli.cli.main import print_error
+    from kdcli.sweep import point_error
+
+    failed = []
+    for cfg in configs:  # one after another: torch is imported once, the inputs read once
+        try:
+            _run(stage, cfg, values["quiet"])
+        except Stopped:
+            raise  # a signal stops the sweep (the running point saved a checkpoint)
+        except (KdcliError, OSError) as exc:
+            print_error("Error", point_error(cfg, exc))
+            failed.append(Path(cfg.out).name)
+    if failed:
+        raise PointsFailed(f"{len(failed)} of {len(configs)} points failed ({', '.join(failed)}); the "
+                           "others ran. Fix the cause and run the command again: completed points are "
+                           "skipped")
+
+
+def _run(stage: str, cfg, quiet: bool) -> None:
     from kdcli.cli.display import ProgressBar, console, err_console, one_line, run_summary
     from kdcli.stages import distill, train
 
     stage_module = distill if stage == "distill" else train
     started = time.perf_counter()
-    with ProgressBar(f"{stage} {cfg.out}", values["quiet"]) as bar:
+    with ProgressBar(f"{stage} {cfg.out}", quiet) as bar:
         result = stage_module.run(cfg, progress=bar)
     if result.skipped:
         err_console.print(f"{cfg.out}: already complete, skipped (--overwrite to redo)")
-    elif values["quiet"]:  # one line per run, for logs: the point, its result, the seconds
+    elif quiet:  # one line per run, for logs: the point, its result, the seconds
         console.print(one_line(result.run, cfg.out, time.perf_counter() - started), highlight=False)
     else:
         console.print(run_summary(TITLES[stage], {**result.run, "dir": str(result.run_dir)}))

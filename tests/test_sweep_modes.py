@@ -1,0 +1,92 @@
+"""Several grid points per process (--task-index lists, ranges, all, --task-block) and over
+worker processes (--workers): the same artifacts as one process per point, bit-identical label
+students, a failing point that does not stop the others, and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kdcli.cli.main import app
+from tests.conftest import weights
+
+KDCLI = str(Path(sys.executable).parent / "kdcli")
+ARGS = ["train-labels", "--dataset", "digits", "--model", "test_mlp", "--epochs", "2", "--threads", "1",
+        "--device", "cpu", "--grid", "kappa=0.2,0.5", "--grid", "seed=0,1", "--quiet"]
+POINTS = [f"kappa{k}_seed{s}" for k in ("0.2", "0.5") for s in (0, 1)]
+
+
+def same_run(a: Path, b: Path) -> None:
+    """The same weights, bit for bit, and the same metrics but for the seconds."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa), (a, b)
+    ra, rb = (json.loads((d / "run.json").read_text()) for d in (a, b))
+    strip = lambda row: {k: v for k, v in row.items() if k != "seconds"}  # noqa: E731
+    assert strip(ra["final"]) == strip(rb["final"]) and ra["subset"] == rb["subset"]
+    assert ra["config"] | {"out": ""} == rb["config"] | {"out": ""}
+
+
+def test_every_point_in_one_process_then_skipped(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, [*ARGS, "--out", str(tmp_path / "all"), "--task-index", "all"])
+    assert res.exit_code == 0, res.output
+    assert [line.split(":")[0] for line in res.stdout.splitlines()] == [str(tmp_path / "all" / p) for p in POINTS]
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == sorted(POINTS)
+    some = runner.invoke(app, [*ARGS, "--out", str(tmp_path / "some"), "--task-index", "3,0"])
+    assert some.exit_code == 0 and sorted(p.name for p in (tmp_path / "some").iterdir()) == [POINTS[0], POINTS[3]]
+    for p in (POINTS[0], POINTS[3]):
+        same_run(tmp_path / "all" / p, tmp_path / "some" / p)
+    again = runner.invoke(app, [*ARGS, "--out", str(tmp_path / "all"), "--task-block", "2", "--task-index", "1"])
+    assert again.exit_code == 0 and again.stderr.count("already complete, skipped") == 2
+    assert runner.invoke(app, [*ARGS, "--out", str(tmp_path), "--task-block", "3", "--print-grid"]).stdout == "2\n"
+
+
+def test_a_failing_point_does_not_stop_the_others(tmp_path):
+    out = tmp_path / "sweep"
+    (out / POINTS[1]).mkdir(parents=True)
+    (out / POINTS[1] / "notes.txt").write_text("not kdcli's")  # a foreign folder: that point is refused
+    res = CliRunner().invoke(app, [*ARGS, "--out", str(out), "--task-index", "all"])
+    assert res.exit_code == 1
+    assert f"Error: --out {out / POINTS[1]}: exists and is not a kdcli run directory" in res.stderr
+    assert "1 of 4 points failed (kappa0.2_seed1); the others ran" in str(res.exception)
+    assert all((out / p / "run.json").is_file() for p in POINTS if p != POINTS[1])
+    assert sorted(os.listdir(out / POINTS[1])) == ["notes.txt"]  # left as it was
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--task-index", "0,4"], "grid point 4 is outside the grid, which has 4"),
+    (["--task-index", "1,1"], "names grid point 1 twice"),
+    (["--task-index", "2-"], "expected N, A-B"),
+    (["--task-index", "all", "--workers", "5"], "--workers 5: more workers than the 4 points"),
+    (["--task-index", "all", "--workers", "2", "--threads", str(len(os.sched_getaffinity(0)))],
+     "needs"),
+    (["--task-index", "all", "--workers", "0"], "--workers 0: expected at least 1"),
+])
+def test_bad_sweep_inputs(extra, words, tmp_path):
+    args = [a for a in ARGS if a not in ("--threads", "1")] if "--threads" in extra else ARGS
+    res = subprocess.run([KDCLI, *args, "--out", str(tmp_path / "o"), *extra], capture_output=True, text=True)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error:"), res.stderr
+    assert words in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # one process per point, and two workers: subprocesses importing torch
+def test_workers_and_one_process_per_point_make_the_same_runs(tmp_path):
+    for i, p in enumerate(POINTS):
+        subprocess.run([KDCLI, *ARGS, "--out", str(tmp_path / "separate"), "--task-index", str(i)], check=True)
+    res = subprocess.run([KDCLI, *ARGS, "--out", str(tmp_path / "workers"), "--task-index", "all",
+                          "--workers", "2"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert sorted(line.split(":")[0] for line in res.stdout.splitlines()) == sorted(
+        str(tmp_path / "workers" / p) for p in POINTS)
+    CliRunner().invoke(app, [*ARGS, "--out", str(tmp_path / "inprocess"), "--task-index", "all"])
+    for p in POINTS:
+        same_run(tmp_path / "separate" / p, tmp_path / "workers" / p)
+        same_run(tmp_path / "separate" / p, tmp_path / "inprocess" / p)
