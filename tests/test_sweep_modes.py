@@ -79,7 +79,7 @@ def test_bad_sweep_inputs(extra, words, tmp_path):
 
 @pytest.mark.slow  # one process per point, and two workers: subprocesses importing torch
 def test_workers_and_one_process_per_point_make_the_same_runs(tmp_path):
-    for i, p in enumerate(POINTS):
+    for i in range(len(POINTS)):
         subprocess.run([KDCLI, *ARGS, "--out", str(tmp_path / "separate"), "--task-index", str(i)], check=True)
     res = subprocess.run([KDCLI, *ARGS, "--out", str(tmp_path / "workers"), "--task-index", "all",
                           "--workers", "2"], capture_output=True, text=True)
