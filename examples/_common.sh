@@ -35,6 +35,23 @@ labels_student() {
       --steps "$STUDENT_STEPS" "${STUDENT[@]}" "${COMMON[@]}"
 }
 
+# sweep_students: every KD student and its label twin over $KAPPAS × $SEEDS, as `sweep_pairs`
+# makes them (the same run dirs, settings and weights), faster: the two arms side by side, each
+# one process running its points one after another (torch is imported once) on one thread.
+sweep_students() {
+  local grid=(--grid "kappa=${KAPPAS// /,}" --grid "seed=${SEEDS// /,}" --point-dir 'k{kappa}/s{seed}'
+              --task-index all --threads 1)
+  $KDCLI distill --logits "$LOGITS" --out "$OUT/kd/tau$TAU" --tau "$TAU" --alpha 1 --steps "$STUDENT_STEPS" \
+      "${grid[@]}" "${STUDENT[@]}" "${COMMON[@]}" &
+  local kd=$!
+  $KDCLI train-labels --teacher "$OUT/teacher" --out "$OUT/labels" --steps "$STUDENT_STEPS" \
+      "${grid[@]}" "${STUDENT[@]}" "${COMMON[@]}" &
+  local labels=$! status=0
+  wait "$kd" || status=$?
+  wait "$labels" || status=$?
+  return "$status"
+}
+
 # sweep_pairs [CMD]: for every κ in $KAPPAS and seed in $SEEDS, a KD student and its
 # label-trained twin, then `CMD KAPPA SEED` if given (a control arm, a CKA measurement).
 sweep_pairs() {

@@ -2,7 +2,7 @@
 # The main job (`make demo`): teacher → logits → paired KD / label-trained students
 # over a κ grid and several seeds on the embedded MNIST-1D → PI-vs-κ report.
 #
-#   bash examples/kappa_sweep.sh            # about 7 minutes on 2 CPU cores
+#   bash examples/kappa_sweep.sh            # about 2 minutes on 2 CPU cores
 #
 # Settings come from the environment (see examples/_common.sh), e.g.
 #   OUT=runs/big N_TRAIN=40000 SEEDS="0 1 2 3 4" bash examples/kappa_sweep.sh
@@ -10,5 +10,5 @@
 source "$(dirname "$0")/_common.sh"
 
 setup_teacher
-sweep_pairs
+sweep_students
 $KDCLI report "$OUT" --out "$OUT/report"

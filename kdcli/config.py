@@ -149,7 +149,8 @@ class TrainConfig:
     device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", "run")
     threads: int | None = setting(
         None, "CPU threads; default what slurm gave the task ($SLURM_CPUS_PER_TASK, else "
-              "$SLURM_CPUS_ON_NODE) or all cores. Use 1 per run when running several side by side.", "run")
+              "$SLURM_CPUS_ON_NODE), else 1 (more threads can be several times slower on shared "
+              "cores; a large model on an idle machine gains from more).", "run")
     overwrite: bool = setting(False, "Redo a completed or interrupted run.", "run", flag="--overwrite")
     resume: bool = setting(False, "Continue an interrupted run from its last checkpoint.", "run",
                            flag="--resume")
@@ -296,7 +297,7 @@ class CKAConfig:
     device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", "run")
     threads: int | None = setting(
         None, "CPU threads; default what slurm gave the task ($SLURM_CPUS_PER_TASK, else "
-              "$SLURM_CPUS_ON_NODE) or all cores.", "run")
+              "$SLURM_CPUS_ON_NODE), else 1.", "run")
     overwrite: bool = setting(False, "Replace an existing --out.", "run", flag="--overwrite")
 
     def __post_init__(self):

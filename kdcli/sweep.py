@@ -128,15 +128,43 @@ def point_name(point: dict) -> str:
                     for name, value in point.items())
 
 
-def grid_configs(cfg, grid_items: list[str], indices: str | None, block: int | None = None) -> list:
-    """The config of each grid point to run: the point's values, and OUT/<point name> as its
-    run dir."""
+def grid_configs(cfg, grid_items: list[str], indices: str | None, block: int | None = None,
+                 point_dir: str | None = None) -> list:
+    """The config of each grid point to run: the point's values, and as its run dir
+    OUT/<point name>, or OUT/<point_dir filled in with the point's values>."""
     grid = parse_grid(grid_items, type(cfg), cfg.stage)
+    if point_dir is not None:
+        _check_point_dir(point_dir, [name for name, _ in grid])
     configs = []
     for index in task_indices(indices, grid_size(grid), block):
         point = grid_point(grid, index)
-        configs.append(cfg.replace(**point, out=str(Path(cfg.out) / point_name(point))))
+        name = point_name(point) if point_dir is None else point_dir.format(
+            **{k: f"{v:g}" if isinstance(v, float) else v for k, v in point.items()})
+        configs.append(cfg.replace(**point, out=str(Path(cfg.out) / name)))
     return configs
+
+
+def _check_point_dir(template: str, keys: list[str]) -> None:
+    """Every grid key once in braces (each point its own dir), nothing else, a relative path."""
+    import string
+
+    flag = f"--point-dir {template}"
+    try:
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+    if any(spec or conv for _, spec, conv in parsed):
+        raise ConfigError(f"{flag}: name the keys only ({{kappa}}, not {{kappa:.2f}}): values are written as "
+                          "in --grid")
+    fields = [f for f, _, _ in parsed]
+    names = [f.replace("-", "_") for f in fields]
+    unknown = sorted(set(names) - set(keys))
+    if unknown or sorted(set(names)) != sorted(keys) or any(f != n for f, n in zip(fields, names)):
+        raise ConfigError(f"{flag}: expected a relative path naming each grid key in braces, "
+                          f"e.g. {'/'.join(k + '{' + k + '}' for k in keys)}" +
+                          (f" ({unknown[0]} is not a grid key)" if unknown else ""))
+    if template.startswith("/") or ".." in Path(template).parts:
+        raise ConfigError(f"{flag}: expected a path inside --out")
 
 
 def point_error(cfg, exc: Exception) -> str:

@@ -23,11 +23,11 @@ USABLE = len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize("env,expected", [
-    ({}, USABLE),                                                    # outside slurm: every usable core
+    ({}, 1),                                                         # outside slurm: one (benchmarks/sweep.py)
     ({"SLURM_CPUS_PER_TASK": "1", "SLURM_CPUS_ON_NODE": "2"}, 1),    # --cpus-per-task
     ({"SLURM_CPUS_ON_NODE": "1"}, 1),                                # no --cpus-per-task: the job's CPUs
     ({"SLURM_CPUS_PER_TASK": "4096"}, USABLE),                       # never more than the affinity mask
-    ({"SLURM_CPUS_PER_TASK": "", "SLURM_CPUS_ON_NODE": "x"}, USABLE),  # unreadable: ignored
+    ({"SLURM_CPUS_PER_TASK": "", "SLURM_CPUS_ON_NODE": "x"}, 1),       # unreadable: ignored
 ])
 def test_threads_from_what_slurm_gave_the_task(env, expected, monkeypatch):
     for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):

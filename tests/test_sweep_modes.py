@@ -67,6 +67,10 @@ def test_a_failing_point_does_not_stop_the_others(tmp_path):
     (["--task-index", "all", "--workers", "2", "--threads", str(len(os.sched_getaffinity(0)))],
      "needs"),
     (["--task-index", "all", "--workers", "0"], "--workers 0: expected at least 1"),
+    (["--task-index", "all", "--point-dir", "k{kappa}"], "naming each grid key in braces"),
+    (["--task-index", "all", "--point-dir", "k{kappa}/s{seed}/{tau}"], "tau is not a grid key"),
+    (["--task-index", "all", "--point-dir", "k{kappa:.1f}/s{seed}"], "name the keys only"),
+    (["--task-index", "all", "--point-dir", "../k{kappa}/s{seed}"], "a path inside --out"),
 ])
 def test_bad_sweep_inputs(extra, words, tmp_path):
     args = [a for a in ARGS if a not in ("--threads", "1")] if "--threads" in extra else ARGS
@@ -75,6 +79,21 @@ def test_bad_sweep_inputs(extra, words, tmp_path):
     assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error:"), res.stderr
     assert words in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_point_dirs_and_flags_that_need_a_grid(tmp_path):
+    """--point-dir lays the points out as a bash loop over --out would: the same runs."""
+    runner = CliRunner()
+    res = runner.invoke(app, [*ARGS, "--out", str(tmp_path / "g"), "--task-index", "1-2",
+                              "--point-dir", "k{kappa}/s{seed}"])
+    assert res.exit_code == 0, res.output
+    assert sorted(str(p.relative_to(tmp_path / "g")) for p in (tmp_path / "g").glob("*/*")) == ["k0.2/s1", "k0.5/s0"]
+    single = [a for a in ARGS if a not in ("--grid", "kappa=0.2,0.5", "seed=0,1")]
+    one = runner.invoke(app, [*single, "--out", str(tmp_path / "one"), "--kappa", "0.5", "--seed", "0"])
+    assert one.exit_code == 0, one.output
+    same_run(tmp_path / "g" / "k0.5" / "s0", tmp_path / "one")
+    bare = runner.invoke(app, [*single, "--out", str(tmp_path / "x"), "--task-index", "0"])
+    assert bare.exit_code != 0 and "give --grid" in str(bare.exception)
 
 
 @pytest.mark.slow  # one process per point, and two workers: subprocesses importing torch

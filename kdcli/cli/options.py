@@ -16,6 +16,9 @@ TaskIndex = Annotated[str | None, typer.Option(
 TaskBlock = Annotated[int | None, typer.Option(
     help="Points per task: the task index is then a block number, block i being points "
          "i·B … i·B+B−1 (one slurm array task per block); --print-grid prints the number of blocks.")]
+PointDir = Annotated[str | None, typer.Option(
+    help="Each point's run dir under OUT, naming every grid key in braces, e.g. 'k{kappa}/s{seed}' "
+         "(default: kappa0.02_seed1).")]
 Workers = Annotated[int, typer.Option(
     help="Run the points over this many worker processes, the cores split among them (--threads "
          "per worker; default: the usable cores divided by the workers).")]
@@ -28,5 +31,6 @@ def keyword(name: str, annotation, default) -> inspect.Parameter:
 
 QUIET = keyword("quiet", Quiet, False)
 SWEEP = [keyword("grid", Grid, None), keyword("task_index", TaskIndex, None),
-         keyword("task_block", TaskBlock, None), keyword("workers", Workers, 1),
+         keyword("task_block", TaskBlock, None), keyword("point_dir", PointDir, None),
+         keyword("workers", Workers, 1),
          keyword("print_grid", PrintGrid, False)]

@@ -28,12 +28,13 @@ def train_configs(stage: str, values: dict) -> list:
     cls = _config_class(stage)
     cfg = cls(stage=stage, **build.config_values(cls, values, stage))
     if not values["grid"]:
-        if values["task_index"] is not None or values["task_block"] is not None:
-            raise ConfigError("--task-index and --task-block choose points of a --grid; give --grid")
+        if any(values[k] is not None for k in ("task_index", "task_block", "point_dir")):
+            raise ConfigError("--task-index, --task-block and --point-dir choose points of a --grid; "
+                              "give --grid")
         return [cfg]
     from kdcli.sweep import grid_configs
 
-    return grid_configs(cfg, values["grid"], values["task_index"], values["task_block"])
+    return grid_configs(cfg, values["grid"], values["task_index"], values["task_block"], values["point_dir"])
 
 
 def _train(stage: str, **values) -> None:

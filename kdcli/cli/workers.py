@@ -23,7 +23,11 @@ from kdcli.sweep import point_error
 
 
 def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """What slurm gave this task, else every core this process may use."""
+    from kdcli.train.device import slurm_cpus
+
+    return slurm_cpus() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                            else (os.cpu_count() or 1))
 
 
 def split_threads(configs: list, workers: int) -> list:

@@ -8,10 +8,14 @@ import torch
 
 from kdcli.errors import ConfigError
 
-# Measured with benchmarks/threads.py on an idle 2-core machine: two threads beat
-# one even for the tiny MNIST-1D models (cnn1d 8k params: 1.93 vs 2.31 ms per
-# step; resnet20: 306 vs 544 ms), so a run takes every core it may use. When
-# running several runs side by side on few cores, pass --threads 1 to each.
+# The default is one thread outside slurm. Measured with benchmarks/sweep.py (threads) on this
+# 2-core machine, the main job's student (cnn1d, 1,500 steps, end to end): alone, 1 thread
+# 7.7 s and 2 threads 6.4 s; beside one busy process, 1 thread 8.0 s and 2 threads 18.6-22.4 s.
+# Two threads on a shared core wait for each other at every parallel region (the descheduled
+# one holds the barrier); OMP_WAIT_POLICY does not help (PASSIVE: 13.8 s alone, 23.2 s beside
+# the busy process). One thread is never much slower, more threads can be several times slower;
+# a large model on an idle machine gains from --threads N (resnet20: 306 vs 544 ms per step on
+# 2 threads vs 1, benchmarks/threads.py). Under slurm the task owns the CPUs it was given.
 
 
 def select_device(name: str) -> torch.device:
@@ -28,19 +32,23 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def choose_threads(requested: int | None) -> int:
-    """--threads if given, else what slurm gave the task ($SLURM_CPUS_PER_TASK; without
-    --cpus-per-task, $SLURM_CPUS_ON_NODE, the CPUs of this job on this node), else every core
-    this process may use (its affinity mask, which slurm's task/affinity and cgroup plugins
-    narrow to the task's CPUs)."""
-    if requested is not None:
-        return requested
+def slurm_cpus() -> int | None:
+    """The CPUs slurm gave this task ($SLURM_CPUS_PER_TASK; without --cpus-per-task,
+    $SLURM_CPUS_ON_NODE, the job's CPUs on this node), never more than the affinity mask
+    allows; None outside slurm."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
         value = os.environ.get(name, "")
         if value.isdigit() and int(value) > 0:
             return min(int(value), usable)
-    return usable
+    return None
+
+
+def choose_threads(requested: int | None) -> int:
+    """--threads if given, else what slurm gave the task, else one."""
+    if requested is not None:
+        return requested
+    return slurm_cpus() or 1
 
 
 def use_device(name: str, threads: int | None) -> torch.device:
