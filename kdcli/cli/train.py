@@ -60,7 +60,7 @@ def _train(stage: str, **values) -> None:
     from kdcli.sweep import point_error
 
     failed = []
-    for cfg in configs:  # one after another: torch is imported once, the inputs read once
+    for cfg in configs:  # one after another: Python and torch start up once
         try:
             _run(stage, cfg, values["quiet"])
         except Stopped:

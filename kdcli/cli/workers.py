@@ -65,9 +65,10 @@ def _worker(stage: str, tasks, results) -> None:
         except BaseException as exc:  # a bug: reported as this point's failure, the worker ends
             results.put((index, "error", f"{cfg.out}: {type(exc).__name__}: {exc}"))
             raise
-        line = (f"{cfg.out}: already complete, skipped" if result.skipped
-                else one_line(result.run, cfg.out, time.perf_counter() - started))
-        results.put((index, "done", line))
+        if result.skipped:
+            results.put((index, "skipped", f"{cfg.out}: already complete, skipped (--overwrite to redo)"))
+        else:
+            results.put((index, "done", one_line(result.run, cfg.out, time.perf_counter() - started)))
 
 
 def run_workers(stage: str, configs: list, workers: int, quiet: bool) -> None:
@@ -107,8 +108,8 @@ def run_workers(stage: str, configs: list, workers: int, quiet: bool) -> None:
                         break  # every worker ended (stopped, or killed) before handing back all points
                     continue
                 reported.add(index)
-                if status == "done":
-                    (err_console if "skipped" in text else console).print(text, highlight=False, soft_wrap=True)
+                if status in ("done", "skipped"):
+                    (console if status == "done" else err_console).print(text, highlight=False, soft_wrap=True)
                 elif status == "stopped":
                     stopped.append(text)
                 else:
