@@ -32,7 +32,7 @@ read -ra extra <<< "${SBATCH_ARGS:-}"
 # instead of waiting forever (DependencyNeverSatisfied).
 sb=(sbatch --parsable --kill-on-invalid-dep=yes "${extra[@]}")
 
-teacher=$("${sb[@]}" --job-name=kd-teacher --cpus-per-task=2 --output="$OUT/logs/teacher-%j.out" \
+teacher=$("${sb[@]}" --job-name=kd-teacher --cpus-per-task=1 --output="$OUT/logs/teacher-%j.out" \
     "$here/sweep.sbatch" "$settings" teacher)
 array=$("${sb[@]}" --job-name=kd-students --dependency=afterok:"$teacher" --array=0-$((tasks - 1)) \
     --output="$OUT/logs/students-%A_%a.out" "$here/sweep.sbatch" "$settings" students)
