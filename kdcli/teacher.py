@@ -16,6 +16,7 @@ from kdcli.data.base import Split
 from kdcli.errors import ArtifactError
 from kdcli.io import runs
 from kdcli.io.hashing import sha256_file
+from kdcli.io.shared import file_identity, shared
 from kdcli.io.logits import TeacherLogits, read_logits, read_metadata
 from kdcli.losses.topk import TopK
 
@@ -129,5 +130,6 @@ def resolve_teacher(teacher_dir: str | None, logits: str | None) -> TeacherSourc
     if run is not None and run["artifacts"][runs.MODEL_FILE] != t["model_sha256"]:
         raise ArtifactError(f"--logits {logits}: was dumped from teacher {t['run_id']} "
                             f"(weights {t['model_sha256'][:12]}), not from --teacher {teacher_dir}")
+    digest = shared("sha256", file_identity(logits), lambda: sha256_file(logits))
     return TeacherSource(t["run_id"], t["dir"], t["model_sha256"], t["model_name"], t["model_args"],
-                         meta["dataset"], str(Path(logits).resolve()), sha256_file(logits), meta)
+                         meta["dataset"], str(Path(logits).resolve()), digest, meta)

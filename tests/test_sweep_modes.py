@@ -96,6 +96,27 @@ def test_point_dirs_and_flags_that_need_a_grid(tmp_path):
     assert bare.exit_code != 0 and "give --grid" in str(bare.exception)
 
 
+def test_inputs_are_read_once_per_file_version_while_sharing(teacher_run, tmp_path):
+    from kdcli.config import DumpConfig
+    from kdcli.data import build_dataset
+    from kdcli.io.logits import read_logits
+    from kdcli.io.shared import sharing
+    from kdcli.stages import dump_logits
+
+    logits = tmp_path / "t.parquet"
+    dump_logits.run(DumpConfig(teacher=str(teacher_run), out=str(logits), device="cpu"))
+    assert read_logits(logits, "train") is not read_logits(logits, "train")  # a single run keeps nothing
+    with sharing():
+        first = read_logits(logits, "train")
+        assert read_logits(logits, "train") is first and read_logits(logits, "test") is not first
+        assert build_dataset("digits") is build_dataset("digits") is not build_dataset("digits", {"split_seed": 3})
+        dump_logits.run(DumpConfig(teacher=str(teacher_run), out=str(logits), device="cpu",
+                                   overwrite=True))  # the same file written again: read again
+        again = read_logits(logits, "train")
+        assert again is not first and (again.dense == first.dense).all()
+    assert build_dataset("digits") is not build_dataset("digits")
+
+
 @pytest.mark.slow  # one process per point, and two workers: subprocesses importing torch
 def test_workers_and_one_process_per_point_make_the_same_runs(tmp_path):
     for i in range(len(POINTS)):
@@ -108,4 +129,20 @@ def test_workers_and_one_process_per_point_make_the_same_runs(tmp_path):
     CliRunner().invoke(app, [*ARGS, "--out", str(tmp_path / "inprocess"), "--task-index", "all"])
     for p in POINTS:
         same_run(tmp_path / "separate" / p, tmp_path / "workers" / p)
+        same_run(tmp_path / "separate" / p, tmp_path / "inprocess" / p)
+
+
+@pytest.mark.slow
+def test_offline_distillation_points_in_one_process(teacher_run, tmp_path):
+    """Points sharing one logits file (read and checked once) are the runs separate processes make."""
+    logits = tmp_path / "t.parquet"
+    subprocess.run([KDCLI, "dump-logits", "--teacher", str(teacher_run), "--out", str(logits), "--quiet"],
+                   check=True)
+    kd = ["distill", "--logits", str(logits), "--epochs", "2", "--threads", "1", "--device", "cpu",
+          "--tau", "2", "--grid", "kappa=0.3,0.6", "--quiet"]
+    for i in range(2):
+        subprocess.run([KDCLI, *kd, "--out", str(tmp_path / "separate"), "--task-index", str(i)], check=True)
+    res = CliRunner().invoke(app, [*kd, "--out", str(tmp_path / "inprocess"), "--task-index", "all"])
+    assert res.exit_code == 0, res.output
+    for p in ("kappa0.3", "kappa0.6"):
         same_run(tmp_path / "separate" / p, tmp_path / "inprocess" / p)

@@ -57,17 +57,19 @@ def _train(stage: str, **values) -> None:
         _run(stage, configs[0], values["quiet"])
         return
     from kdcli.cli.main import print_error
+    from kdcli.io.shared import sharing
     from kdcli.sweep import point_error
 
     failed = []
-    for cfg in configs:  # one after another: Python and torch start up once
-        try:
-            _run(stage, cfg, values["quiet"])
-        except Stopped:
-            raise  # a signal stops the sweep (the running point saved a checkpoint)
-        except (KdcliError, OSError) as exc:
-            print_error("Error", point_error(cfg, exc))
-            failed.append(Path(cfg.out).name)
+    with sharing():  # the dataset, the logits and their checks: once for every point
+        for cfg in configs:  # one after another: Python and torch start up once
+            try:
+                _run(stage, cfg, values["quiet"])
+            except Stopped:
+                raise  # a signal stops the sweep (the running point saved a checkpoint)
+            except (KdcliError, OSError) as exc:
+                print_error("Error", point_error(cfg, exc))
+                failed.append(Path(cfg.out).name)
     if failed:
         raise PointsFailed(f"{len(failed)} of {len(configs)} points failed ({', '.join(failed)}); the "
                            "others ran. Fix the cause and run the command again: completed points are "

@@ -46,11 +46,18 @@ def split_threads(configs: list, workers: int) -> list:
 
 def _worker(stage: str, tasks, results) -> None:
     """Run points from `tasks` until it hands out None; report each to `results`."""
-    from kdcli.cli.display import one_line
+    from kdcli.io.shared import sharing
     from kdcli.stages import distill, train
 
     module = distill if stage == "distill" else train
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    with sharing():  # the dataset, the logits and their checks: once per worker
+        _run_points(module, tasks, results)
+
+
+def _run_points(module, tasks, results) -> None:
+    from kdcli.cli.display import one_line
+
     while (item := tasks.get()) is not None:
         index, cfg = item
         started = time.perf_counter()

@@ -28,7 +28,17 @@ def dataset_names() -> list[str]:
 
 
 def build_dataset(name: str, args: dict | None = None, data_dir: str | None = None):
-    """Build a dataset by name; unknown names and arguments raise ConfigError."""
+    """Build a dataset by name; unknown names and arguments raise ConfigError. Built once per
+    name, arguments and folder while a process runs several points (kdcli.io.shared)."""
+    import json
+
+    from kdcli.io.shared import shared
+
+    key = (name, json.dumps(args or {}, sort_keys=True, default=str), data_dir)
+    return shared("dataset", key, lambda: _build_dataset(name, args, data_dir))
+
+
+def _build_dataset(name: str, args: dict | None = None, data_dir: str | None = None):
     _load_builtin()
     if name not in DATASETS:
         raise ConfigError(f"--dataset: unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")

@@ -237,6 +237,16 @@ def _flat(column) -> torch.Tensor:
 
 
 def read_logits(path: str | Path, split: str, flag: str = "--logits") -> TeacherLogits:
+    """One split's logits as stored, checked before use (_read_logits); read once per file
+    version while a process runs several points (kdcli.io.shared)."""
+    from kdcli.io.shared import file_identity, shared
+
+    if not Path(path).is_file():
+        return _read_logits(path, split, flag)  # the usual error
+    return shared("logits", (file_identity(path), split), lambda: _read_logits(path, split, flag))
+
+
+def _read_logits(path: str | Path, split: str, flag: str = "--logits") -> TeacherLogits:
     """One split's logits as stored, checked before use: Parquet page checksums, the sha256 of
     the split's contents recorded at write time, and no NaN or infinite value."""
     import pyarrow.parquet as pq
