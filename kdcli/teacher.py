@@ -16,8 +16,8 @@ from kdcli.data.base import Split
 from kdcli.errors import ArtifactError
 from kdcli.io import runs
 from kdcli.io.hashing import sha256_file
-from kdcli.io.shared import file_identity, shared
 from kdcli.io.logits import TeacherLogits, read_logits, read_metadata
+from kdcli.io.shared import file_identity, shared
 from kdcli.losses.topk import TopK
 
 
