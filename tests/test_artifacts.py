@@ -60,8 +60,10 @@ def load_test_split(run: dict):
 def student(teacher_run, tmp_path_factory):
     """A train-labels run from the tiny teacher, under a fake slurm array task; the trained
     model object is captured from the loop so the checkpoint can be compared with it."""
+    import kdcli.train.loop as loop
+
     captured = {}
-    real_fit = train.fit
+    real_fit = loop.fit
 
     def fit(cfg, model, *args, **kw):
         captured["model"] = model
@@ -73,7 +75,7 @@ def student(teacher_run, tmp_path_factory):
             mp.delenv(key)
         mp.setenv("SLURM_ARRAY_TASK_ID", "7")
         mp.setenv("SLURM_JOB_ID", "4242")
-        mp.setattr(train, "fit", fit)
+        mp.setattr(loop, "fit", fit)
         res = train.run(tiny_config(out, teacher=str(teacher_run), kappa=0.5, epochs=2, seed=1,
                                     eval_every="5"))
     run = json.loads((out / "run.json").read_text())

@@ -19,7 +19,6 @@ from kdcli.losses.objective import KDLoss
 from kdcli.progress import Progress
 from kdcli.stages import rundir
 from kdcli.stages.inputs import prepare, resolve
-from kdcli.train.loop import fit
 
 TAIL = {"uniform": "V-K tail classes share the stored tail mass equally",
         "bucket": "(K+1)-bucket KL: top-k classes plus one rest bucket"}
@@ -27,6 +26,12 @@ LOSS = "alpha*tau^2*KL(softmax(t/tau)||softmax(s/tau)) + (1-alpha)*CE(y,s), mean
 
 
 def run(cfg: DistillConfig, progress: Progress | None = None) -> rundir.RunResult:
+    planned = plan(cfg)
+    return planned if isinstance(planned, rundir.RunResult) else rundir.train_and_finish(planned, progress)
+
+
+def plan(cfg: DistillConfig) -> rundir.Plan | rundir.RunResult:
+    """The run ready to train, or the completed run it would skip (RunResult.skipped)."""
     resolved = resolve(cfg)
     action, done = rundir.decide(resolved.cfg)
     if action == "skip":
@@ -53,9 +58,4 @@ def run(cfg: DistillConfig, progress: Progress | None = None) -> rundir.RunResul
         kd["topk"] = topk
         kd["topk_tail"], kd["topk_tail_definition"] = c.topk_tail, TAIL[c.topk_tail]
 
-    with rundir.claim(c, action) as out:
-        rows = fit(c, p.model, train, evaluator, task=p.task, model_input=p.dataset.model_input,
-                   objective=objective, device=p.device, run_dir=out, attempts=attempts,
-                   progress=progress)
-        run = rundir.finish(p, out, rows, attempts, {"method": "kd", "kd": kd})
-    return rundir.RunResult(out, False, run, rows)
+    return rundir.Plan(action, p, objective, evaluator, {"method": "kd", "kd": kd}, attempts)

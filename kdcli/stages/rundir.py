@@ -31,6 +31,19 @@ ARTIFACTS = (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE)
 
 
 @dataclass
+class Plan:
+    """A training run ready to start: what to do with --out (fresh or resume), its prepared
+    inputs, objective and evaluation, the run.json fields of its stage, its attempts."""
+
+    action: str
+    p: object  # kdcli.stages.inputs.Prepared
+    objective: object  # kdcli.losses.objective.Objective
+    evaluator: object  # kdcli.train.loop.Evaluator
+    info: dict
+    attempts: list[dict]
+
+
+@dataclass
 class RunResult:
     run_dir: Path
     skipped: bool  # a completed run dir was found and left alone
@@ -120,6 +133,19 @@ def claim(cfg: TrainConfig, action: str) -> Iterator[Path]:
         yield out
     finally:
         os.close(fd)  # releases the lock
+
+
+def train_and_finish(plan: Plan, progress=None) -> RunResult:
+    """Hold --out, train, and write the run's artifacts (run.json last)."""
+    from kdcli.train.loop import fit
+
+    p = plan.p
+    with claim(p.cfg, plan.action) as out:
+        rows = fit(p.cfg, p.model, p.subset.split, plan.evaluator, task=p.task,
+                   model_input=p.dataset.model_input, objective=plan.objective, device=p.device,
+                   run_dir=out, attempts=plan.attempts, progress=progress)
+        run = finish(p, out, rows, plan.attempts, plan.info)
+    return RunResult(out, False, run, rows)
 
 
 def finish(p, out: Path, rows: list[dict], attempts: list[dict], info: dict) -> dict:

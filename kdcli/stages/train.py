@@ -19,10 +19,15 @@ from kdcli.losses.smoothing import matched_smoothing
 from kdcli.progress import Progress
 from kdcli.stages import rundir
 from kdcli.stages.inputs import prepare, resolve
-from kdcli.train.loop import fit
 
 
 def run(cfg: TrainConfig, progress: Progress | None = None) -> rundir.RunResult:
+    planned = plan(cfg)
+    return planned if isinstance(planned, rundir.RunResult) else rundir.train_and_finish(planned, progress)
+
+
+def plan(cfg: TrainConfig) -> rundir.Plan | rundir.RunResult:
+    """The run ready to train, or the completed run it would skip (RunResult.skipped)."""
     if cfg.match_smoothing_tau is not None and cfg.label_smoothing:
         raise ConfigError("--match-smoothing-tau sets ε itself; drop --label-smoothing")
     resolved = resolve(cfg)
@@ -41,10 +46,4 @@ def run(cfg: TrainConfig, progress: Progress | None = None) -> rundir.RunResult:
         p.cfg = p.cfg.replace(label_smoothing=eps)
     objective = LabelLoss(p.task, p.cfg.label_smoothing)
     evaluator = p.evaluator()  # with fidelity when there is a teacher
-
-    with rundir.claim(p.cfg, action) as out:
-        rows = fit(p.cfg, p.model, p.subset.split, evaluator, task=p.task, model_input=p.dataset.model_input,
-                   objective=objective, device=p.device, run_dir=out, attempts=attempts,
-                   progress=progress)
-        run = rundir.finish(p, out, rows, attempts, {"method": "labels"})
-    return rundir.RunResult(out, False, run, rows)
+    return rundir.Plan(action, p, objective, evaluator, {"method": "labels"}, attempts)
