@@ -8,8 +8,8 @@ threads: one label-trained student (the main job's: cnn1d, κ = 1, --steps steps
          process with --threads 1, the default and --threads 2, alone and beside one competing
          process (a busy loop on one core), alternating, median of --repeats.
 modes:   --points students (κ = 1, seeds 0…) run one process per run, all in one process
-         (--task-index all), and over 2 workers × 1 thread (--workers 2): wall time and
-         runs per hour.
+         (--task-index all), over 2 workers × 1 thread (--workers 2), and as one stack of seeds
+         (--stack-seeds): wall time and runs per hour.
 main:    the main job (make demo's examples/kappa_sweep.sh) end to end, one process per run
          (examples/_common.sh `sweep_pairs`, as before) and as shipped (`sweep_students`),
          one after the other, with whether the PI tables are the same and the students bit
@@ -79,7 +79,8 @@ def modes_section(args, tmp: Path) -> None:
     grid = ["--grid", f"seed={','.join(str(s) for s in range(args.points))}"]
     print(f"modes: {args.points} students (cnn1d, κ = 1, {args.steps} steps), wall time and runs per hour")
     rows = []
-    for name in ("one process per run", "all points in one process", "2 workers × 1 thread"):
+    for name in ("one process per run", "all points in one process", "2 workers × 1 thread",
+                 f"stacked seeds (a stack of {args.points})"):
         out = tmp / name.replace(" ", "_")
         start = time.perf_counter()
         if name.startswith("one process"):
@@ -89,9 +90,12 @@ def modes_section(args, tmp: Path) -> None:
         elif name.startswith("all points"):
             subprocess.run(student(args.teacher, out, args.steps, "--threads", "1", *grid, "--task-index", "all"),
                            check=True, stdout=subprocess.DEVNULL)
-        else:
+        elif name.startswith("2 workers"):
             subprocess.run(student(args.teacher, out, args.steps, "--threads", "1", *grid, "--task-index", "all",
                                    "--workers", "2"), check=True, stdout=subprocess.DEVNULL)
+        else:
+            subprocess.run(student(args.teacher, out, args.steps, "--threads", "1", *grid, "--task-index", "all",
+                                   "--stack-seeds"), check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
         rows.append((name, seconds))
         print(f"{name:<28} {seconds:>7.1f} s {3600 * args.points / seconds:>8.0f} runs/h "

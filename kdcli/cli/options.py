@@ -19,6 +19,10 @@ TaskBlock = Annotated[int | None, typer.Option(
 PointDir = Annotated[str | None, typer.Option(
     help="Each point's run dir under OUT, naming every grid key in braces, e.g. 'k{kappa}/s{seed}' "
          "(default: kappa0.02_seed1).")]
+StackSeeds = Annotated[bool, typer.Option(
+    "--stack-seeds", help="Train the points that differ only in their seed as one model stack "
+                          "(torch.func; small models): equal to separate runs to float rounding, not bit "
+                          "for bit. Needs --grid seed=… and --checkpoint-every 0.")]
 Workers = Annotated[int, typer.Option(
     help="Run the points over this many worker processes, the cores split among them (--threads "
          "per worker; default: the usable cores divided by the workers).")]
@@ -32,5 +36,5 @@ def keyword(name: str, annotation, default) -> inspect.Parameter:
 QUIET = keyword("quiet", Quiet, False)
 SWEEP = [keyword("grid", Grid, None), keyword("task_index", TaskIndex, None),
          keyword("task_block", TaskBlock, None), keyword("point_dir", PointDir, None),
-         keyword("workers", Workers, 1),
+         keyword("workers", Workers, 1), keyword("stack_seeds", StackSeeds, False),
          keyword("print_grid", PrintGrid, False)]

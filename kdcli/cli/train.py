@@ -48,6 +48,9 @@ def _train(stage: str, **values) -> None:
     configs = train_configs(stage, values)
     if values["workers"] < 1:
         raise ConfigError(f"--workers {values['workers']}: expected at least 1")
+    if values["stack_seeds"]:
+        _stacked(stage, configs, values)
+        return
     if values["workers"] > 1:
         from kdcli.cli.workers import run_workers
 
@@ -70,6 +73,49 @@ def _train(stage: str, **values) -> None:
             except (KdcliError, OSError) as exc:
                 print_error("Error", point_error(cfg, exc))
                 failed.append(Path(cfg.out).name)
+    if failed:
+        raise PointsFailed(f"{len(failed)} of {len(configs)} points failed ({', '.join(failed)}); the "
+                           "others ran. Fix the cause and run the command again: completed points are "
+                           "skipped")
+
+
+def _stacked(stage: str, configs: list, values: dict) -> None:
+    """--stack-seeds: each group of points that differ only in their seed, as one stack."""
+    from kdcli.cli.display import ProgressBar, console, err_console, one_line
+    from kdcli.cli.main import print_error
+    from kdcli.io.shared import sharing
+    from kdcli.stages import stacked
+
+    if not any(item.partition("=")[0].strip() == "seed" for item in values["grid"] or []):
+        raise ConfigError("--stack-seeds: stacks the seeds of a point; give them with --grid seed=0,1,…")
+    if values["workers"] > 1:
+        raise ConfigError("--stack-seeds: trains each stack in this process; drop --workers")
+    groups: dict = {}
+    for cfg in configs:
+        key = repr(sorted((k, v) for k, v in cfg.to_dict().items() if k not in ("seed", "out")))
+        groups.setdefault(key, []).append(cfg)
+    failed = []
+    with sharing():
+        for group in groups.values():
+            started = time.perf_counter()
+            try:
+                with ProgressBar(f"{stage} {len(group)} seeds stacked", values["quiet"]) as bar:
+                    results = stacked.run(stage, group, progress=bar)
+            except Stopped:
+                raise
+            except (KdcliError, OSError) as exc:
+                if len(groups) == 1:
+                    raise
+                print_error("Error", f"{', '.join(str(c.out) for c in group)}: {exc}")
+                failed.extend(Path(c.out).name for c in group)
+                continue
+            seconds = time.perf_counter() - started
+            for cfg, result in zip(group, results):
+                if result.skipped:
+                    err_console.print(f"{cfg.out}: already complete, skipped (--overwrite to redo)")
+                else:
+                    console.print(one_line(result.run, cfg.out, seconds) + f" (stack of {len(group)})",
+                                  highlight=False)
     if failed:
         raise PointsFailed(f"{len(failed)} of {len(configs)} points failed ({', '.join(failed)}); the "
                            "others ran. Fix the cause and run the command again: completed points are "

@@ -206,7 +206,7 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
     """
     progress = progress or Progress()
     per_epoch, total = steps_plan(cfg, len(train))
-    optimizer = make_optimizer(cfg, model)
+    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     generators = {"order": torch.Generator().manual_seed(cfg.seed),
                   "augment": torch.Generator().manual_seed(cfg.seed + 1_000_003)}
     # Loading a teacher builds a network and draws from the global RNG; reseed so the
