@@ -35,21 +35,31 @@ labels_student() {
       --steps "$STUDENT_STEPS" "${STUDENT[@]}" "${COMMON[@]}"
 }
 
-# sweep_students: every KD student and its label twin over $KAPPAS × $SEEDS, as `sweep_pairs`
-# makes them (the same run dirs, settings and weights), faster: the two arms side by side, each
-# one process running its points one after another (torch is imported once) on one thread.
-sweep_students() {
-  local grid=(--grid "kappa=${KAPPAS// /,}" --grid "seed=${SEEDS// /,}" --point-dir 'k{kappa}/s{seed}'
-              --task-index all --threads 1)
-  $KDCLI distill --logits "$LOGITS" --out "$OUT/kd/tau$TAU" --tau "$TAU" --alpha 1 --steps "$STUDENT_STEPS" \
-      "${grid[@]}" "${STUDENT[@]}" "${COMMON[@]}" &
-  local kd=$!
-  $KDCLI train-labels --teacher "$OUT/teacher" --out "$OUT/labels" --steps "$STUDENT_STEPS" \
-      "${grid[@]}" "${STUDENT[@]}" "${COMMON[@]}" &
-  local labels=$! status=0
-  wait "$kd" || status=$?
-  wait "$labels" || status=$?
+# side_by_side CMD1 -- CMD2: two commands at once (each a sweep in one process); fails if either does
+side_by_side() {
+  local first=() status=0
+  while [[ $1 != -- ]]; do first+=("$1"); shift; done
+  shift
+  "${first[@]}" &
+  local pid=$!
+  "$@" || status=$?
+  wait "$pid" || status=$?
   return "$status"
+}
+
+# Each point of $KAPPAS × $SEEDS in the run dir sweep_pairs gives it (k<κ>/s<seed>), one process
+# running every point one after another (torch is imported once), one thread.
+POINTS=(--grid "kappa=${KAPPAS// /,}" --grid "seed=${SEEDS// /,}" --point-dir 'k{kappa}/s{seed}'
+        --task-index all --threads 1)
+
+# sweep_students: every KD student and its label twin over $KAPPAS × $SEEDS, as `sweep_pairs`
+# makes them (the same run dirs, settings and weights), faster: the two arms side by side.
+sweep_students() {
+  side_by_side \
+    $KDCLI distill --logits "$LOGITS" --out "$OUT/kd/tau$TAU" --tau "$TAU" --alpha 1 --steps "$STUDENT_STEPS" \
+        "${POINTS[@]}" "${STUDENT[@]}" "${COMMON[@]}" -- \
+    $KDCLI train-labels --teacher "$OUT/teacher" --out "$OUT/labels" --steps "$STUDENT_STEPS" \
+        "${POINTS[@]}" "${STUDENT[@]}" "${COMMON[@]}"
 }
 
 # sweep_pairs [CMD]: for every κ in $KAPPAS and seed in $SEEDS, a KD student and its

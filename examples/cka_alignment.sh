@@ -16,5 +16,10 @@ cka_pair() {
 }
 
 setup_teacher
-sweep_pairs cka_pair
+sweep_students
+for kappa in $KAPPAS; do
+  for seed in $SEEDS; do
+    cka_pair "$kappa" "$seed"
+  done
+done
 $KDCLI report "$OUT" --out "$OUT/report"

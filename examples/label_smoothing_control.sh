@@ -7,12 +7,10 @@
 #   bash examples/label_smoothing_control.sh
 source "$(dirname "$0")/_common.sh"
 
-# ε matched to the teacher's mean non-target mass at τ on the student's subset
-smoothed_student() {
-  $KDCLI train-labels --logits "$LOGITS" --out "$OUT/smoothing/tau$TAU/k$1/s$2" --kappa "$1" --seed "$2" \
-      --match-smoothing-tau "$TAU" --steps "$STUDENT_STEPS" "${STUDENT[@]}" "${COMMON[@]}"
-}
-
 setup_teacher
-sweep_pairs smoothed_student
+sweep_students
+# the label-smoothing arm, ε matched to the teacher's mean non-target mass at τ on each
+# student's subset: every point in one process
+$KDCLI train-labels --logits "$LOGITS" --out "$OUT/smoothing/tau$TAU" --match-smoothing-tau "$TAU" \
+    --steps "$STUDENT_STEPS" "${POINTS[@]}" "${STUDENT[@]}" "${COMMON[@]}"
 $KDCLI report "$OUT" --out "$OUT/report"

@@ -9,13 +9,12 @@ TAUS=${TAUS:-"0.1 1 3 5 10 20 100"}
 ABLATION_KAPPAS=${ABLATION_KAPPAS:-"0.02 1"}
 
 setup_teacher
-for kappa in $ABLATION_KAPPAS; do
-  for seed in $SEEDS; do
-    labels_student "$kappa" "$seed"
-    for tau in $TAUS; do
-      echo "κ=$kappa seed=$seed τ=$tau"
-      kd_student "$kappa" "$seed" "$tau"
-    done
-  done
-done
+# every τ × κ × seed KD student in one process, their label twins in another, side by side
+KAPPAS=$ABLATION_KAPPAS
+POINTS=(--grid "kappa=${KAPPAS// /,}" --grid "seed=${SEEDS// /,}" --task-index all --threads 1)
+side_by_side \
+  $KDCLI distill --logits "$LOGITS" --out "$OUT/kd" --grid "tau=${TAUS// /,}" "${POINTS[@]}" \
+      --point-dir 'tau{tau}/k{kappa}/s{seed}' --alpha 1 --steps "$STUDENT_STEPS" "${STUDENT[@]}" "${COMMON[@]}" -- \
+  $KDCLI train-labels --teacher "$OUT/teacher" --out "$OUT/labels" "${POINTS[@]}" --point-dir 'k{kappa}/s{seed}' \
+      --steps "$STUDENT_STEPS" "${STUDENT[@]}" "${COMMON[@]}"
 $KDCLI report "$OUT" --out "$OUT/report"
