@@ -35,15 +35,24 @@ labels_student() {
       --steps "$STUDENT_STEPS" "${STUDENT[@]}" "${COMMON[@]}"
 }
 
-# side_by_side CMD1 -- CMD2: two commands at once (each a sweep in one process); fails if either does
+# side_by_side CMD1 -- CMD2: two commands at once (each a sweep in one process); fails if either
+# does. Ctrl-C or SIGTERM stops both (the background one, which ignores SIGINT, gets SIGTERM):
+# each saves a checkpoint of its running point.
 side_by_side() {
-  local first=() status=0
+  local first=() status=0 other=0 pid
   while [[ $1 != -- ]]; do first+=("$1"); shift; done
   shift
   "${first[@]}" &
-  local pid=$!
+  pid=$!
+  trap 'kill -TERM "$pid" 2>/dev/null || true' INT TERM
   "$@" || status=$?
-  wait "$pid" || status=$?
+  wait "$pid" || other=$?
+  while (( other > 128 )) && kill -0 "$pid" 2>/dev/null; do  # wait was cut short by the trap
+    other=0
+    wait "$pid" || other=$?
+  done
+  trap - INT TERM
+  (( status )) || status=$other
   return "$status"
 }
 

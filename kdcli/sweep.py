@@ -99,19 +99,21 @@ def _index_list(text: str, flag: str, size: int, what: str) -> list[int]:
     if text == "all":
         return list(range(size))
     indices: list[int] = []
+    seen: set[int] = set()
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
         if not first.isdigit() or (dash and not last.isdigit()) or (dash and int(last) < int(first)):
             raise ConfigError(f"{flag} {text}: expected N, A-B (A ≤ B), a comma list of these "
                               "(0-3,7), or all")
-        indices.extend(range(int(first), int(last if dash else first) + 1))
-    outside = [i for i in indices if i >= size]
-    if outside:
-        raise ConfigError(f"{flag} {text}: {what} {outside[0]} is outside the grid, which has {size} "
-                          f"{what}s (0..{size - 1})")
-    repeated = sorted({i for i in indices if indices.count(i) > 1})
-    if repeated:
-        raise ConfigError(f"{flag} {text}: names {what} {repeated[0]} twice")
+        end = int(last if dash else first)
+        if end >= size:
+            raise ConfigError(f"{flag} {text}: {what} {max(int(first), size)} is outside the grid, which "
+                              f"has {size} {what}s (0..{size - 1})")
+        for i in range(int(first), end + 1):
+            if i in seen:
+                raise ConfigError(f"{flag} {text}: names {what} {i} twice")
+            seen.add(i)
+            indices.append(i)
     return indices
 
 
@@ -140,6 +142,8 @@ def grid_configs(cfg, grid_items: list[str], indices: str | None, block: int | N
         point = grid_point(grid, index)
         name = point_name(point) if point_dir is None else point_dir.format(
             **{k: f"{v:g}" if isinstance(v, float) else v for k, v in point.items()})
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ConfigError(f"--point-dir {point_dir}: gives {name}, outside --out")
         configs.append(cfg.replace(**point, out=str(Path(cfg.out) / name)))
     return configs
 

@@ -99,3 +99,19 @@ def test_the_sweep_settings_file_is_the_sweep(tmp_path):
     assert other.stderr.count("\n") == 1 and other.stderr.startswith("Error: SEEDS='0 1 2' in the environment")
     assert f"SEEDS='0' ({file})" in other.stderr
     assert not list(tmp_path.glob("sweep.env.*"))  # written atomically, no temporary left
+
+
+def test_nested_handlers_hand_an_unused_signal_to_the_sweep():
+    """A sweep holds one StopOnSignal around its points: a signal a run caught but had nothing
+    left to checkpoint for (its last step) stops the sweep before the next point; a second
+    SIGINT still acts at once, as it would without kdcli."""
+    with StopOnSignal() as sweep:
+        with StopOnSignal() as run:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert run.signum == signal.SIGTERM and sweep.signum is None
+        assert sweep.signum == signal.SIGTERM
+    with StopOnSignal() as sweep:
+        with StopOnSignal() as run:
+            os.kill(os.getpid(), signal.SIGINT)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)

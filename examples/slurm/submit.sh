@@ -24,13 +24,17 @@ if [[ ! -f "$settings" ]]; then
   settings_write "$settings"
 fi
 source "$settings"  # refuses a setting the environment gives another value
+if [[ "$KAPPAS$SEEDS" == *,* ]]; then
+  echo "Error: KAPPAS='$KAPPAS' SEEDS='$SEEDS' ($settings): separate values with spaces, not commas" >&2
+  exit 2
+fi
 read -ra kappas <<< "$KAPPAS"
 read -ra seeds <<< "$SEEDS"
 tasks=$(( 2 * ${#kappas[@]} * ${#seeds[@]} ))
 read -ra extra <<< "${SBATCH_ARGS:-}"
 # --kill-on-invalid-dep: a job whose dependency failed or was cancelled is cancelled too,
 # instead of waiting forever (DependencyNeverSatisfied).
-sb=(sbatch --parsable --kill-on-invalid-dep=yes "${extra[@]}")
+sb=(sbatch --parsable --kill-on-invalid-dep=yes ${extra[@]+"${extra[@]}"})
 
 teacher=$("${sb[@]}" --job-name=kd-teacher --cpus-per-task=1 --output="$OUT/logs/teacher-%j.out" \
     "$here/sweep.sbatch" "$settings" teacher)

@@ -43,7 +43,9 @@ def _train(stage: str, **values) -> None:
 
         size = grid_size(parse_grid(values["grid"] or [], _config_class(stage), stage))
         block = values["task_block"]
-        typer.echo(size if not block or block < 1 else math.ceil(size / block))
+        if block is not None and block < 1:
+            raise ConfigError(f"--task-block {block}: expected a positive number of points per task")
+        typer.echo(size if block is None else math.ceil(size / block))
         raise typer.Exit()
     configs = train_configs(stage, values)
     if values["workers"] < 1:
@@ -62,10 +64,14 @@ def _train(stage: str, **values) -> None:
     from kdcli.cli.main import print_error
     from kdcli.io.shared import sharing
     from kdcli.sweep import point_error
+    from kdcli.train.signals import StopOnSignal
 
     failed = []
-    with sharing():  # the dataset, the logits and their checks: once for every point
-        for cfg in configs:  # one after another: Python and torch start up once
+    with sharing(), StopOnSignal() as stop:  # the dataset, logits, their checks: once for every point
+        for done, cfg in enumerate(configs):  # one after another: Python and torch start up once
+            if stop.signum is not None:
+                raise Stopped(f"{stop.name} between points: {done} of {len(configs)} points done, "
+                              "none interrupted; run the same command again to continue", stop.signum)
             try:
                 _run(stage, cfg, values["quiet"])
             except Stopped:

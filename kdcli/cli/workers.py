@@ -46,20 +46,24 @@ def split_threads(configs: list, workers: int) -> list:
 
 def _worker(stage: str, tasks, results) -> None:
     """Run points from `tasks` until it hands out None; report each to `results`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     from kdcli.io.shared import sharing
     from kdcli.stages import distill, train
+    from kdcli.train.signals import StopOnSignal
 
     module = distill if stage == "distill" else train
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
-    with sharing():  # the dataset, the logits and their checks: once per worker
-        _run_points(module, tasks, results)
+    with sharing(), StopOnSignal() as stop:  # the dataset, logits, checks: once per worker
+        _run_points(module, tasks, results, stop)
 
 
-def _run_points(module, tasks, results) -> None:
+def _run_points(module, tasks, results, stop) -> None:
     from kdcli.cli.display import one_line
 
     while (item := tasks.get()) is not None:
         index, cfg = item
+        if stop.signum is not None:  # a signal between points: stop before this one
+            results.put((index, "stopped", f"{stop.name} before {cfg.out}"))
+            return
         started = time.perf_counter()
         try:
             result = module.run(cfg)
@@ -96,11 +100,12 @@ def run_workers(stage: str, configs: list, workers: int, quiet: bool) -> None:
     stop: list[int] = []
 
     def forward(signum, frame):
+        again = bool(stop)
         if not stop:
             stop.append(signum)
         for p in procs:
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
+            if p.is_alive():  # the first signal asks the workers to checkpoint; a second kills them
+                os.kill(p.pid, signal.SIGKILL if again else signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     failed, stopped, reported = [], [], set()
@@ -124,6 +129,7 @@ def run_workers(stage: str, configs: list, workers: int, quiet: bool) -> None:
                     failed.append(Path(configs[index].out).name)
                 advance()
     finally:
+        tasks.cancel_join_thread()  # points never handed out must not keep this process alive
         for p in procs:
             p.join()
         for s, handler in previous.items():
