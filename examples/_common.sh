@@ -36,23 +36,27 @@ labels_student() {
 }
 
 # side_by_side CMD1 -- CMD2: two commands at once (each a sweep in one process); fails if either
-# does. Ctrl-C or SIGTERM stops both (the background one, which ignores SIGINT, gets SIGTERM):
-# each saves a checkpoint of its running point.
+# does. Ctrl-C or SIGTERM to this script stops both (as SIGTERM: background commands ignore
+# SIGINT): each saves a checkpoint of its running point and exits.
 side_by_side() {
-  local first=() status=0 other=0 pid
+  local first=() pids=() status=0 s pid
   while [[ $1 != -- ]]; do first+=("$1"); shift; done
   shift
   "${first[@]}" &
-  pid=$!
-  trap 'kill -TERM "$pid" 2>/dev/null || true' INT TERM
-  "$@" || status=$?
-  wait "$pid" || other=$?
-  while (( other > 128 )) && kill -0 "$pid" 2>/dev/null; do  # wait was cut short by the trap
-    other=0
-    wait "$pid" || other=$?
+  pids+=($!)
+  "$@" &
+  pids+=($!)
+  trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
+  for pid in "${pids[@]}"; do
+    s=0
+    wait "$pid" || s=$?
+    while (( s > 128 )) && kill -0 "$pid" 2>/dev/null; do  # wait was cut short by the trap
+      s=0
+      wait "$pid" || s=$?
+    done
+    (( status )) || status=$s
   done
   trap - INT TERM
-  (( status )) || status=$other
   return "$status"
 }
 
