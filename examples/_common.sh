@@ -35,6 +35,17 @@ labels_student() {
       --steps "$STUDENT_STEPS" "${STUDENT[@]}" "${COMMON[@]}"
 }
 
+# wait_child PID: PID's exit status, waiting again when a trap (a signal passed on) cut the wait short
+wait_child() {
+  local s=0
+  wait "$1" || s=$?
+  while (( s > 128 )) && kill -0 "$1" 2>/dev/null; do
+    s=0
+    wait "$1" || s=$?
+  done
+  return "$s"
+}
+
 # side_by_side CMD1 -- CMD2: two commands at once (each a sweep in one process); fails if either
 # does. Ctrl-C or SIGTERM to this script stops both (as SIGTERM: background commands ignore
 # SIGINT): each saves a checkpoint of its running point and exits.
@@ -49,11 +60,7 @@ side_by_side() {
   trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
   for pid in "${pids[@]}"; do
     s=0
-    wait "$pid" || s=$?
-    while (( s > 128 )) && kill -0 "$pid" 2>/dev/null; do  # wait was cut short by the trap
-      s=0
-      wait "$pid" || s=$?
-    done
+    wait_child "$pid" || s=$?
     (( status )) || status=$s
   done
   trap - INT TERM

@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from kdcli.errors import ConfigError
+from kdcli.errors import ConfigError, PointsFailed
 
 
 def sweepable(config_type, stage: str) -> dict[str, dataclasses.Field]:
@@ -177,3 +177,11 @@ def point_error(cfg, exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.filename:
         message = f"{exc.filename}: {message}"
     return message if str(cfg.out) in message else f"{cfg.out}: {message}"
+
+
+def points_failed(failed: list[str], total: int, lost: list[str] | None = None) -> PointsFailed:
+    """The error a sweep ends with when some points failed (each was reported as it failed), or
+    were never run because their worker died."""
+    not_run = f"; {len(lost)} not run (a worker died: {', '.join(lost)})" if lost else ""
+    return PointsFailed(f"{len(failed)} of {total} points failed ({', '.join(failed)}){not_run}; the others "
+                        "ran. Fix the cause and run the command again: completed points are skipped")

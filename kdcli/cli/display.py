@@ -83,6 +83,10 @@ def fmt(value) -> str:
     return str(value)
 
 
+def skipped_line(out: str) -> str:
+    return f"{out}: already complete, skipped (--overwrite to redo)"
+
+
 def one_line(run: dict, out: str, seconds: float) -> str:
     """A completed run in one line (--quiet): where, the steps (resumed from which), the
     primary test metric, the seconds this process took."""

@@ -12,7 +12,7 @@ import typer
 from kdcli.cli import build
 from kdcli.cli import options as o
 from kdcli.cli.main import app
-from kdcli.errors import ConfigError, KdcliError, PointsFailed, Stopped
+from kdcli.errors import ConfigError, KdcliError, Stopped
 
 TITLES = {"train-teacher": "teacher", "train-labels": "label-trained student", "distill": "distilled student"}
 
@@ -63,7 +63,7 @@ def _train(stage: str, **values) -> None:
         return
     from kdcli.cli.main import print_error
     from kdcli.io.shared import sharing
-    from kdcli.sweep import point_error
+    from kdcli.sweep import point_error, points_failed
     from kdcli.train.signals import StopOnSignal
 
     failed = []
@@ -80,17 +80,16 @@ def _train(stage: str, **values) -> None:
                 print_error("Error", point_error(cfg, exc))
                 failed.append(Path(cfg.out).name)
     if failed:
-        raise PointsFailed(f"{len(failed)} of {len(configs)} points failed ({', '.join(failed)}); the "
-                           "others ran. Fix the cause and run the command again: completed points are "
-                           "skipped")
+        raise points_failed(failed, len(configs))
 
 
 def _stacked(stage: str, configs: list, values: dict) -> None:
     """--stack-seeds: each group of points that differ only in their seed, as one stack."""
-    from kdcli.cli.display import ProgressBar, console, err_console, one_line
+    from kdcli.cli.display import ProgressBar, console, err_console, one_line, skipped_line
     from kdcli.cli.main import print_error
     from kdcli.io.shared import sharing
     from kdcli.stages import stacked
+    from kdcli.sweep import points_failed
 
     if not any(item.partition("=")[0].strip() == "seed" for item in values["grid"] or []):
         raise ConfigError("--stack-seeds: stacks the seeds of a point; give them with --grid seed=0,1,…")
@@ -118,18 +117,23 @@ def _stacked(stage: str, configs: list, values: dict) -> None:
             seconds = time.perf_counter() - started
             for cfg, result in zip(group, results):
                 if result.skipped:
-                    err_console.print(f"{cfg.out}: already complete, skipped (--overwrite to redo)")
+                    err_console.print(skipped_line(cfg.out))
                 else:
                     console.print(one_line(result.run, cfg.out, seconds) + f" (stack of {len(group)})",
                                   highlight=False)
     if failed:
-        raise PointsFailed(f"{len(failed)} of {len(configs)} points failed ({', '.join(failed)}); the "
-                           "others ran. Fix the cause and run the command again: completed points are "
-                           "skipped")
+        raise points_failed(failed, len(configs))
 
 
 def _run(stage: str, cfg, quiet: bool) -> None:
-    from kdcli.cli.display import ProgressBar, console, err_console, one_line, run_summary
+    from kdcli.cli.display import (
+        ProgressBar,
+        console,
+        err_console,
+        one_line,
+        run_summary,
+        skipped_line,
+    )
     from kdcli.stages import distill, train
 
     stage_module = distill if stage == "distill" else train
@@ -137,7 +141,7 @@ def _run(stage: str, cfg, quiet: bool) -> None:
     with ProgressBar(f"{stage} {cfg.out}", quiet) as bar:
         result = stage_module.run(cfg, progress=bar)
     if result.skipped:
-        err_console.print(f"{cfg.out}: already complete, skipped (--overwrite to redo)")
+        err_console.print(skipped_line(cfg.out))
     elif quiet:  # one line per run, for logs: the point, its result, the seconds
         console.print(one_line(result.run, cfg.out, time.perf_counter() - started), highlight=False)
     else:

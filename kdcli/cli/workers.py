@@ -18,16 +18,15 @@ import signal
 import time
 from pathlib import Path
 
-from kdcli.errors import ConfigError, KdcliError, PointsFailed, Stopped
-from kdcli.sweep import point_error
+from kdcli.errors import ConfigError, KdcliError, Stopped
+from kdcli.sweep import point_error, points_failed
 
 
 def usable_cores() -> int:
     """What slurm gave this task, else every core this process may use."""
-    from kdcli.train.device import slurm_cpus
+    from kdcli.train.device import affinity_cores, slurm_cpus
 
-    return slurm_cpus() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                            else (os.cpu_count() or 1))
+    return slurm_cpus() or affinity_cores()
 
 
 def split_threads(configs: list, workers: int) -> list:
@@ -57,7 +56,7 @@ def _worker(stage: str, tasks, results) -> None:
 
 
 def _run_points(module, tasks, results, stop) -> None:
-    from kdcli.cli.display import one_line
+    from kdcli.cli.display import one_line, skipped_line
 
     while (item := tasks.get()) is not None:
         index, cfg = item
@@ -77,7 +76,7 @@ def _run_points(module, tasks, results, stop) -> None:
             results.put((index, "error", f"{cfg.out}: {type(exc).__name__}: {exc}"))
             raise
         if result.skipped:
-            results.put((index, "skipped", f"{cfg.out}: already complete, skipped (--overwrite to redo)"))
+            results.put((index, "skipped", skipped_line(cfg.out)))
         else:
             results.put((index, "done", one_line(result.run, cfg.out, time.perf_counter() - started)))
 
@@ -140,6 +139,4 @@ def run_workers(stage: str, configs: list, workers: int, quiet: bool) -> None:
                       "saved a checkpoint. Run the same command with --resume to continue", signum)
     missing = [Path(cfg.out).name for i, cfg in enumerate(configs) if i not in reported]
     if failed or missing:
-        lost = f"; {len(missing)} not run (a worker died: {', '.join(missing)})" if missing else ""
-        raise PointsFailed(f"{len(failed)} of {len(configs)} points failed ({', '.join(failed)}){lost}. "
-                           "Fix the cause and run the command again: completed points are skipped")
+        raise points_failed(failed, len(configs), missing)

@@ -32,11 +32,16 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def affinity_cores() -> int:
+    """The cores this process may run on (its affinity mask)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def slurm_cpus() -> int | None:
     """The CPUs slurm gave this task ($SLURM_CPUS_PER_TASK; without --cpus-per-task,
     $SLURM_CPUS_ON_NODE, the job's CPUs on this node), never more than the affinity mask
     allows; None outside slurm."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    usable = affinity_cores()
     for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
         value = os.environ.get(name, "")
         if value.isdigit() and int(value) > 0:

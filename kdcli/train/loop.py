@@ -184,6 +184,11 @@ class TrainMeter:
         self.correct += (s.argmax(-1) == y).sum()  # a masked target (−100) never equals a class
         self.rows += n
 
+    def metrics_row(self, step: int, per_epoch: int, lr: float, evaluation: dict) -> dict:
+        """One metrics.parquet row: the step, the train metrics since the last row, the learning
+        rate, the evaluation."""
+        return {"step": step, "epoch": step / per_epoch, **self.row(), "lr": lr, **evaluation}
+
     def row(self) -> dict:
         rows = max(int(self.rows), 1)
         return {"train_loss": self.loss_sum.item() / rows, "train_acc": self.correct.item() / rows,
@@ -264,8 +269,7 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
             meter.add(loss, logits, yb, task)
             progress.advance(step)
             if step == total or evals.due(step):
-                row = {"step": step, "epoch": step / per_epoch, **meter.row(), "lr": lr,
-                       **evaluator(model)}
+                row = meter.metrics_row(step, per_epoch, lr, evaluator(model))
                 rows.append(row)
                 progress.metrics(row)
                 meter = TrainMeter.zeros(device)

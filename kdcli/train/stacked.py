@@ -105,8 +105,7 @@ def fit_stacked(plans: list, progress: Progress | None = None) -> list[list[dict
         if step + 1 == total or evals.due(step + 1):
             _unstack(params, models)
             for s in range(len(plans)):
-                rows[s].append({"step": step + 1, "epoch": (step + 1) / per_epoch, **meters[s].row(), "lr": lr,
-                                **evaluators[s](models[s])})
+                rows[s].append(meters[s].metrics_row(step + 1, per_epoch, lr, evaluators[s](models[s])))
                 meters[s] = TrainMeter.zeros(device)
     _unstack(params, models)
     for pl in plans:
