@@ -21,7 +21,7 @@ from kdcli.io.checkpoint import load_model
 from kdcli.stages import train
 from tests.conftest import tiny_config
 
-FILES = ("model.safetensors", "metrics.parquet", "subset.parquet")
+FILES = ("model.safetensors", "metrics.parquet", "subset.parquet", "predictions.safetensors")
 
 
 def sha256(path) -> str:
@@ -111,7 +111,7 @@ def test_every_artifact_carries_format_fingerprint_and_run_id(student):
         assert meta.get("dataset_fingerprint") == student.run["dataset"]["fingerprint"], name
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "metrics.parquet"])
+@pytest.mark.parametrize("name", ["model.safetensors", "metrics.parquet", "predictions.safetensors"])
 def test_model_outputs_record_model_and_input_hashes(student, teacher_run, name):
     path = student.dir / name
     meta = header(path) if name.endswith(".safetensors") else parquet_meta(path)
@@ -158,6 +158,23 @@ def test_final_accuracy_and_loss_recomputed_from_the_checkpoint(student):
     final = read_rows(student.dir / "metrics.parquet")[-1]
     assert final["test_acc"] == pytest.approx(acc, abs=1e-6)
     assert final["test_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_predictions_file_holds_the_final_models_test_log_probabilities(student):
+    from kdcli.io.predictions import read_predictions
+
+    model, _ = load_model(student.dir / "model.safetensors")
+    test = load_test_split(student.run)
+    with torch.no_grad():
+        logits = model.eval()(test.x).double().numpy()
+    m = logits.max(axis=1, keepdims=True)
+    expected = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))  # float64 log-softmax
+    p = read_predictions(student.dir / "predictions.safetensors")
+    assert p.log_probs.dtype == np.float16 and p.log_probs.shape == (300, 10)
+    np.testing.assert_allclose(p.log_probs.astype(np.float64), expected, rtol=2e-3, atol=2e-3)
+    assert p.targets.tolist() == test.y.tolist()
+    assert p.rows.tolist() == list(range(300))
+    assert p.meta["rows"] == "every test sample" and p.meta["split"] == "test"
 
 
 def test_artifact_hashes(student):

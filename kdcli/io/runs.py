@@ -4,6 +4,7 @@ runs (stages, cka and report all read run dirs through `inspect` / `read_run` / 
     RUN/model.safetensors       weights + header metadata
     RUN/metrics.parquet         one row per evaluation
     RUN/subset.parquet          the κ subset's sample ids, in subset order
+    RUN/predictions.safetensors test predictions (log-probabilities, float16; kdcli.io.predictions)
     RUN/run.json                config, final metrics, artifact hashes, provenance — written
                                 last (the completion marker)
     RUN/checkpoint.safetensors  resumable training state (one atomic file); removed when the
@@ -34,10 +35,11 @@ RUN_JSON = "run.json"
 MODEL_FILE = "model.safetensors"
 METRICS_FILE = "metrics.parquet"
 SUBSET_FILE = "subset.parquet"
+PREDICTIONS_FILE = "predictions.safetensors"
 CKPT_TENSORS = "checkpoint.safetensors"
 LEGACY_CKPT_STATE = "checkpoint.json"  # kdcli 0.1's second checkpoint file
 LOCK_FILE = ".kdcli-lock"  # held (flock) by the process writing the run dir
-KDCLI_FILES = (RUN_JSON, MODEL_FILE, METRICS_FILE, SUBSET_FILE, CKPT_TENSORS, LEGACY_CKPT_STATE)
+KDCLI_FILES = (RUN_JSON, MODEL_FILE, METRICS_FILE, SUBSET_FILE, PREDICTIONS_FILE, CKPT_TENSORS, LEGACY_CKPT_STATE)
 REQUIRED = {"stage": str, "config": dict, "dataset": dict, "model": dict, "subset": dict, "final": dict,
             "artifacts": dict}
 

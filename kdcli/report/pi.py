@@ -94,6 +94,24 @@ def model_labels(pairs: list[Pair]):
     return label
 
 
+def group_pairs(pairs: list[Pair], group_by: tuple[str, ...] = ()) -> list[tuple[tuple, list[Pair]]]:
+    """The pairs of each table row, in table order: (key, pairs) with key (arm, model label,
+    teacher id, *group_by values, κ, is-sequence); pairs in a row differ only in seed and
+    subset seed."""
+    groups: dict[tuple, list[Pair]] = defaultdict(list)
+    label = model_labels(pairs)
+    for p in pairs:
+        extra = tuple(p.run["config"].get(g) for g in group_by)
+        groups[(p.arm, label(p.run), p.run["teacher"]["run_id"], *extra,
+                p.run["subset"]["kappa"], task_kind(p) == "sequence")].append(p)
+
+    def order(item):  # classification rows first; a group never mixes the two kinds
+        key, members = item
+        kd = members[0].run.get("kd") or {}
+        return (key[-1], arm_order(key[0], kd), tuple(str(k) for k in key[1:-2]), key[-2])
+    return sorted(groups.items(), key=order)
+
+
 def pi_rows(pairs: list[Pair], teacher_metric: dict[str, float], group_by: tuple[str, ...] = (),
             bootstrap: int = 0) -> list[dict]:
     """The primary metric of both arms (accuracy in %) and PI as the task defines it (points for
@@ -108,20 +126,9 @@ def pi_rows(pairs: list[Pair], teacher_metric: dict[str, float], group_by: tuple
     Rows pool the pairs that differ only in seed and subset seed; `group_by` should
     include every other setting that varies (see varying_fields).
     """
-    groups: dict[tuple, list[Pair]] = defaultdict(list)
-    label = model_labels(pairs)
-    for p in pairs:
-        extra = tuple(p.run["config"].get(g) for g in group_by)
-        groups[(p.arm, label(p.run), p.run["teacher"]["run_id"], *extra,
-                p.run["subset"]["kappa"], task_kind(p) == "sequence")].append(p)
-    def order(item):  # classification rows first; a group never mixes the two kinds
-        key, members = item
-        kd = members[0].run.get("kd") or {}
-        return (key[-1], arm_order(key[0], kd), tuple(str(k) for k in key[1:-2]), key[-2])
     interval = (lambda v: bootstrap_ci(v, bootstrap)) if bootstrap else mean_ci
-
     rows = []
-    for key, members in sorted(groups.items(), key=order):
+    for key, members in group_pairs(pairs, group_by):
         arm, model, teacher = key[:3]
         kappa = key[-2]
         task = Task.of_run(members[0].run)

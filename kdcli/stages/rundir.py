@@ -21,13 +21,15 @@ from kdcli.config import TrainConfig
 from kdcli.errors import ArtifactError
 from kdcli.io import runs
 from kdcli.io.atomic import clear_temporaries, write_json
-from kdcli.io.checkpoint import save_model
+from kdcli.io.checkpoint import save_model, save_tensors
 from kdcli.io.hashing import sha256_file
+from kdcli.io.predictions import predictions_meta
 from kdcli.io.provenance import now_iso, provenance
 from kdcli.io.tables import write_metrics, write_table
+from kdcli.train.loop import PREDICTION_POSITIONS, PREDICTION_SEED
 from kdcli.train.state import clear_state, saved_progress
 
-ARTIFACTS = (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE)
+ARTIFACTS = (runs.MODEL_FILE, runs.METRICS_FILE, runs.SUBSET_FILE, runs.PREDICTIONS_FILE)
 
 
 @dataclass
@@ -144,14 +146,15 @@ def train_and_finish(plan: Plan, progress=None) -> RunResult:
         rows = fit(p.cfg, p.model, p.subset.split, plan.evaluator, task=p.task,
                    model_input=p.dataset.model_input, objective=plan.objective, device=p.device,
                    run_dir=out, attempts=plan.attempts, progress=progress)
-        run = finish(p, out, rows, plan.attempts, plan.info)
+        run = finish(p, out, rows, plan.attempts, plan.info, plan.evaluator)
     return RunResult(out, False, run, rows)
 
 
-def finish(p, out: Path, rows: list[dict], attempts: list[dict], info: dict) -> dict:
-    """Write the weights, metrics and subset, then run.json (last). `p` is the stage's
-    Prepared inputs; `attempts` every attempt at the run, this one last (fit's list); `info`
-    adds stage-specific fields (method, kd) to run.json."""
+def finish(p, out: Path, rows: list[dict], attempts: list[dict], info: dict, evaluator) -> dict:
+    """Write the weights, metrics, subset and test predictions, then run.json (last). `p` is
+    the stage's Prepared inputs; `attempts` every attempt at the run, this one last (fit's
+    list); `info` adds stage-specific fields (method, kd) to run.json; `evaluator` (the run's
+    kdcli.train.loop.Evaluator) gives the test predictions."""
     cfg, dataset, subset, model = p.cfg, p.dataset, p.subset, p.model
     run_id = uuid.uuid4().hex[:16]
     attempts[-1].update(ended=now_iso(), outcome="completed")
@@ -166,6 +169,12 @@ def finish(p, out: Path, rows: list[dict], attempts: list[dict], info: dict) -> 
     write_table(out / runs.SUBSET_FILE, {"index": subset.indices},
                 {"format": "kdcli-subset", **common_meta, "kappa": str(subset.kappa),
                  "subset_seed": str(subset.seed), "n_pool": str(subset.n_pool), "sha256": subset.sha256})
+    kind = dataset.task.kind
+    sample = ("every test sample" if kind == "classification" else
+              f"{PREDICTION_POSITIONS} counted test positions drawn with seed {PREDICTION_SEED}")
+    save_tensors(out / runs.PREDICTIONS_FILE, evaluator.predictions(model),
+                 predictions_meta(run_id=run_id, dataset_fingerprint=data["fingerprint"], model_name=cfg.model,
+                                  model_args=p.model_args, kind=kind, sample=sample, inputs=inputs))
     run = {
         "format": "kdcli-run",
         "format_version": runs.RUN_FORMAT_VERSION,

@@ -28,5 +28,5 @@ def run(stage: str, configs: list, progress: Progress | None = None) -> list[run
             seeds = [pl.p.cfg.seed for pl in plans]
             for pl, out, r in zip(plans, outs, rows):
                 info = {**pl.info, "stacked": {"seeds": seeds, "tolerance": TOLERANCE}}
-                done[id(pl)] = rundir.RunResult(out, False, rundir.finish(pl.p, out, r, pl.attempts, info), r)
+                done[id(pl)] = rundir.RunResult(out, False, rundir.finish(pl.p, out, r, pl.attempts, info, pl.evaluator), r)
     return [p if isinstance(p, rundir.RunResult) else done[id(p)] for p in planned]

@@ -28,7 +28,7 @@ from kdcli.io.provenance import now_iso
 from kdcli.io.runs import CKPT_TENSORS
 from kdcli.losses.eager import kd_rows
 from kdcli.progress import Progress
-from kdcli.task import ROW_METRICS, Task
+from kdcli.task import IGNORE, ROW_METRICS, Task
 from kdcli.teacher import TeacherRows
 from kdcli.train.schedule import lr_at, make_optimizer
 from kdcli.train.signals import StopOnSignal
@@ -112,6 +112,57 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
     return out
 
 
+# Sequence tasks: counted test positions a run's predictions file keeps (a fixed sample).
+PREDICTION_POSITIONS = 2048
+PREDICTION_SEED = 0  # the sample's generator seed: every run on a test split keeps the same positions
+
+
+def prediction_rows(split: Split, task: Task) -> torch.Tensor | None:
+    """The test rows a predictions file keeps, as flat row indices (sample · rows per sample +
+    position): None for classification (every sample); for sequence tasks PREDICTION_POSITIONS
+    counted positions drawn without replacement by a generator seeded PREDICTION_SEED, sorted."""
+    if task.kind == "classification":
+        return None
+    y = split.y.reshape(-1)
+    counted = torch.arange(len(y)) if not task.masked else (y != IGNORE).nonzero().squeeze(1).cpu()
+    pick = torch.randperm(len(counted), generator=torch.Generator().manual_seed(PREDICTION_SEED))
+    return counted[pick[:PREDICTION_POSITIONS]].sort().values
+
+
+@torch.inference_mode()
+def predictions(model: torch.nn.Module, split: Split, task: Task, model_input: Callable, batch_size: int,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """The model's test predictions as a predictions file stores them: `log_probs` [R, V]
+    (log-softmax, float16, floored at float16's lowest value so every entry is finite),
+    `targets` [R] and `rows` [R] (prediction_rows; for classification the sample's position in
+    the split). Only batches holding a kept row are run."""
+    was_training = model.training
+    model.eval()
+    keep = prediction_rows(split, task)
+    per_sample = split.y[0].numel() if len(split) else 1
+    batch_size = inference_batch(batch_size, split, task)
+    out = {"log_probs": [], "targets": [], "rows": []}
+    for start in range(0, len(split), batch_size):
+        stop = min(start + batch_size, len(split))
+        lo, hi = start * per_sample, stop * per_sample
+        rows = torch.arange(lo, hi) if keep is None else keep[(keep >= lo) & (keep < hi)]
+        if not len(rows):
+            continue
+        s, y = task.rows(model(model_input(split.x[start:stop].to(device))).float(),
+                         split.y[start:stop].to(device))
+        at = (rows - lo).to(device)
+        out["log_probs"].append(torch.log_softmax(s[at], -1).clamp_min(FLOAT16_LOWEST).half().cpu())
+        out["targets"].append(y[at].long().cpu())
+        out["rows"].append(rows.long())
+    model.train(was_training)
+    empty = {"log_probs": torch.zeros(0, task.outputs, dtype=torch.float16),
+             "targets": torch.zeros(0, dtype=torch.long), "rows": torch.zeros(0, dtype=torch.long)}
+    return {k: torch.cat(v) if v else empty[k] for k, v in out.items()}
+
+
+FLOAT16_LOWEST = float(torch.finfo(torch.float16).min)
+
+
 @dataclass
 class Evaluator:
     """What each evaluation measures: the test split, and any further test split (e.g. an
@@ -137,6 +188,11 @@ class Evaluator:
                            teacher, self.token_bytes)
             out.update({f"{prefix}_{k}" if prefix else k: v for k, v in got.items()})
         return out
+
+    def predictions(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The model's predictions on the test split (see `predictions`)."""
+        split, _ = self.sets[""]
+        return predictions(model, split, self.task, self.model_input, self.batch_size, self.device)
 
 
 def steps_plan(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
