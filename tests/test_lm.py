@@ -110,6 +110,14 @@ def test_lm_metrics_match_float64_formulas(lm_teacher, corpus, tmp_path):
     assert final["test_acc"] == pytest.approx((s.argmax(1) == y).mean(), abs=1e-12)
     assert final["teacher_agreement"] == pytest.approx((s.argmax(1) == t.argmax(1)).mean(), abs=1e-12)
     assert final["teacher_kl"] == pytest.approx((np.exp(lt) * (lt - ls)).sum(1).mean(), rel=1e-4)
+    # the predictions file: a fixed sample of positions, the same in every run on this test split
+    from kdcli.io.predictions import read_predictions
+
+    p = read_predictions(student.run_dir / "predictions.safetensors")
+    assert len(p.rows) == min(2048, len(y)) and (np.diff(p.rows) > 0).all()
+    assert p.targets.tolist() == y[p.rows].tolist()
+    np.testing.assert_allclose(p.log_probs.astype(np.float64), ls[p.rows], rtol=2e-3, atol=2e-3)
+    assert read_predictions(lm_teacher / "predictions.safetensors").rows.tolist() == p.rows.tolist()
 
 
 def test_dumped_logits_line_up_with_next_token_targets(lm_teacher, dense_logits):
@@ -174,6 +182,10 @@ def test_report_and_cka_on_lm_runs(lm_teacher, tmp_path):
     res = report.run(report.ReportConfig(root=str(tmp_path), plots=False))
     (row,) = res.rows
     assert row["metric"] == "test_loss" and row["pairs"] == 2
+    (part,) = res.kinds
+    (bv,) = part.variance_rows  # over the two seeds, on the sampled positions
+    assert bv["n_seeds"] == 2 and bv["rows"] == min(2048, 16 * len(_dataset(lm_teacher).test()))
+    assert bv["arm_ce_bias"] + bv["arm_ce_variance"] == pytest.approx(bv["arm_ce"])
     got = cka.run(CKAConfig(run_a=str(lm_teacher), run_b=str(tmp_path / "kd0"), out=str(tmp_path / "c.parquet"),
                             estimators=("linear",), threads=1, device="cpu", max_samples=20))
     (r,) = got.rows

@@ -395,7 +395,7 @@ def test_mixed_tree_splits_every_table_and_plot_by_task_and_keeps_classification
     assert lm_files == {"pi_vs_kappa_lm.csv", "tau_kappa_lm.csv", "label_smoothing_control_lm.csv",
                         "fidelity_correlation_lm.csv", "cka_vs_kappa_lm.csv", "pi_vs_kappa_lm.png",
                         "ce_vs_kappa_lm.png", "ppl_acc_vs_kappa_lm.png", "fidelity_vs_pi_lm.png",
-                        "tau_kappa_heatmap_lm.png", "cka_vs_kappa_lm.png"}
+                        "tau_kappa_heatmap_lm.png", "cka_vs_kappa_lm.png", "kappa_star_lm.csv"}
     header = (b / "pi_vs_kappa_lm.csv").read_text().splitlines()[0].split(",")
     assert LM_KEYS <= set(header) and "ppl_reduction" not in (b / "pi_vs_kappa.csv").read_text()
     ja, jb = (json.loads((d / "report.json").read_text()) for d in (a, b))

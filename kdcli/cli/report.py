@@ -29,6 +29,7 @@ def report_cmd(
     per-token test cross-entropy in %, beside the perplexity reduction, the top-1 token
     accuracy change and bits per byte). Classification and language models get tables of
     their own."""
+    from rich.markup import escape
     from rich.table import Table
 
     from kdcli.cli.display import console, err_console
@@ -85,6 +86,22 @@ def report_cmd(
                 fid.add_row(a, str(v["pairs"]), report.fmt(v["r_pi_agreement_gain"], "+.3f"),
                             report.fmt(v["r_pi_kl_reduction"], "+.3f"))
             console.print(fid)
+        tables = [(f"Bias and variance across seeds: {what}", cols, cells, None)
+                  for what, cols, cells in report.variance_tables(part)] if part.variance_rows else []
+        if tables:
+            tables[-1] = (*tables[-1][:3], report.VARIANCE_LEGEND)
+        if part.kappa_star_rows:
+            tables.append(("Crossover κ* (where PI falls to 0)", *report.kappa_star_table(part),
+                           report.KAPPA_STAR_LEGEND))
+        for title, cols, cells, legend in tables:
+            t = Table(title=f"{lm}{title}", header_style="bold", caption=legend)
+            for name in cols:
+                t.add_column(name, justify="left" if name in ("arm", "model") else "right")
+            for row in cells:
+                t.add_row(*(escape(c) for c in row))  # '[0.12, 0.40]' is a cell, not rich markup
+            console.print(t)
+        for why in part.variance_skipped:
+            err_console.print(f"no bias-variance row: {why}", highlight=False, soft_wrap=True)
         if part.cka_rows:
             cka = Table(title=f"{lm}CKA with the teacher vs κ", header_style="bold")
             for name in ("arm", "estimator", "κ", "CKA", "files"):

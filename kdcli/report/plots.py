@@ -88,15 +88,30 @@ def _one_kappa_axis(ax, rows: list[dict]) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def pi_vs_kappa(rows: list[dict], path: Path) -> Path:
+def pi_vs_kappa(rows: list[dict], path: Path, kappa_star: list[dict] = ()) -> Path:
+    """PI vs κ per arm; with `kappa_star` rows (kdcli.report.crossover), each arm's crossover κ*
+    as a cross on the zero line with its 95% interval (a bound off the grid drawn to its edge)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     show_bands = _curves(ax, _one_kind(rows), "pi", lone_bars=is_lm(rows[0]))
+    colors = {line.get_label(): line.get_color() for line in ax.get_lines()}
+    models = {r["model"] for r in rows}
+    for k in kappa_star:
+        if k["kappa_star"] is None:
+            continue
+        label = k["arm"] if len(models) == 1 else f"{k['model']}: {k['arm']}"
+        grid = [float(g) for g in k["kappas"].split()]
+        lo = k["kappa_star_lo"] if k["lo_status"] == "crossed" else grid[0]
+        hi = k["kappa_star_hi"] if k["hi_status"] == "crossed" else grid[-1]
+        xerr = [[k["kappa_star"] - lo], [hi - k["kappa_star"]]] if k["lo_status"] else None
+        ax.errorbar([k["kappa_star"]], [0], xerr=xerr, marker="X", markersize=9, capsize=4,
+                    color=colors.get(label, "black"), linestyle="none")
     ax.set_xlabel("κ (student samples / teacher's n_T)")
     ax.set_ylabel(pi_label(rows[0]))
     what = "(mean" + ((", 95% CI" if is_lm(rows[0]) else ", 95% CI band") if show_bands else "") + " over paired seeds)"
-    ax.set_title(f"Language models: performance increment vs κ\n{what}" if is_lm(rows[0])
-                 else f"Performance increment vs κ {what}")
+    star = "\n× crossover κ* with its 95% interval" if any(k["kappa_star"] is not None for k in kappa_star) else ""
+    ax.set_title(f"Language models: performance increment vs κ\n{what}{star}" if is_lm(rows[0])
+                 else f"Performance increment vs κ {what}{star}")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -225,4 +240,41 @@ def cka_vs_kappa(rows: list[dict], path: Path, lm: bool = False) -> Path:
     ax.set_ylabel("CKA with the teacher")
     ax.set_title(("Language models: f" if lm else "F") + "eature alignment with the teacher vs κ")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def bias_variance_vs_kappa(rows: list[dict], path: Path, lm: bool = False) -> Path:
+    """Bias-variance rows (kdcli.report.variance) vs κ: the cross-entropy bias and variance
+    terms, the 0-1 bias and the seeds' disagreement; per arm a solid line, its label-trained
+    twins dashed in the same colour."""
+    plt = _pyplot()
+    err = "token " if lm else ""
+    panels = [("ce_bias", "CE bias term (nats)\n−log p̄(y), p̄: normalised geometric mean"),
+              ("ce_variance", "CE variance term (nats)\nmean KL(p̄ ‖ p_seed)"),
+              ("err_bias", f"0-1 {err}bias (%)\nmajority prediction wrong"),
+              ("disagreement", "disagreement (%)\nseed pairs with different top-1")]
+    fig, axes = plt.subplots(2, 2, figsize=(9.6, 7.2), sharex=True)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    models = {r["model"] for r in rows}
+    lines: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        lines[r["arm"] if len(models) == 1 else f"{r['model']}: {r['arm']}"].append(r)
+    for ax, (term, ylabel) in zip(axes.flat, panels):
+        for i, (label, line) in enumerate(lines.items()):
+            line = sorted(line, key=lambda r: r["kappa"])
+            k = [r["kappa"] for r in line]
+            color = cycle[i % len(cycle)]
+            ax.plot(k, [r[f"arm_{term}"] for r in line], marker="o", color=color, label=label)
+            ax.plot(k, [r[f"labels_{term}"] for r in line], marker="s", linestyle="--", color=color,
+                    label=f"{label}: its label twins")
+        ax.set_xscale("log")
+        ax.set_ylabel(ylabel)
+        _one_kappa_axis(ax, rows)
+    for ax in axes[1]:
+        ax.set_xlabel("κ (student samples / teacher's n_T)")
+    axes[0][0].legend(fontsize=7)
+    seeds = sorted({r["n_seeds"] for r in rows})
+    fig.suptitle(("Language models: " if lm else "") + "bias and variance across seeds vs κ "
+                 f"({'/'.join(map(str, seeds))} seeds; solid: arm, dashed: labels)")
+    fig.tight_layout()
     return _save(fig, path)

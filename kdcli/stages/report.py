@@ -29,10 +29,12 @@ from pathlib import Path
 from kdcli.errors import ArtifactError, ConfigError
 from kdcli.io.atomic import write_bytes, write_json
 from kdcli.io.runs import Found, scan
+from kdcli.report.crossover import kappa_star_rows
 from kdcli.report.pairs import Pair, Pairing, pair_runs
 from kdcli.report.pi import (
     agreement_gain,
     fidelity_correlation,
+    group_pairs,
     pair_pi,
     pi_rows,
     primary,
@@ -40,6 +42,7 @@ from kdcli.report.pi import (
     varying_fields,
 )
 from kdcli.report.plots import pi_label, pi_unit
+from kdcli.report.variance import variance_rows
 
 KINDS = ("classification", "sequence")  # the order their tables come in
 
@@ -71,6 +74,9 @@ class KindReport:
     fidelity: dict
     cka_rows: list[dict]
     pairs: list[Pair]
+    variance_rows: list[dict] = field(default_factory=list)  # kdcli.report.variance
+    kappa_star_rows: list[dict] = field(default_factory=list)  # kdcli.report.crossover
+    variance_skipped: list[str] = field(default_factory=list)  # groups without a decomposition, and why
 
     @property
     def lm(self) -> bool:
@@ -225,8 +231,11 @@ def run(cfg: ReportConfig) -> ReportResult:
             continue
         group_by = tuple(dict.fromkeys([*cfg.group_by, *varying_fields(pairs)]))
         rows = pi_rows(pairs, teacher_metric, group_by, cfg.bootstrap)
+        groups = group_pairs(pairs, group_by)
+        variance, skipped = variance_rows(groups, group_by)
         kinds.append(KindReport(kind, group_by, rows, tau_tables(rows, group_by), ls_table(rows, group_by),
-                                fidelity_correlation(pairs), cka_rows(cka_files, by_id, pairs), pairs))
+                                fidelity_correlation(pairs), cka_rows(cka_files, by_id, pairs), pairs,
+                                variance, kappa_star_rows(groups, group_by, cfg.bootstrap or 2000), skipped))
     result = ReportResult([r for k in kinds for r in k.rows],
                           tuple(dict.fromkeys(g for k in kinds for g in k.group_by)) or tuple(cfg.group_by),
                           kinds, found, pairing, damaged_cka)
@@ -292,6 +301,58 @@ def pi_table(part: KindReport, ci_name: str) -> tuple[list[str], list[list[str]]
               f"{fmt(r['arm_agreement'], '.1f')}/{fmt(r['labels_agreement'], '.1f')}",
               f"{fmt(r['arm_kl'], '.3f')}/{fmt(r['labels_kl'], '.3f')}"] for r in rows]
     return cols, cells
+
+
+def variance_tables(part: KindReport) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The bias-variance tables of one task kind (kdcli.report.variance) as the terminal and
+    report.md show them, cross-entropy then 0-1 loss: (title, columns, cells); each cell
+    arm/labels, Δ = arm − labels with its 95% interval over test rows."""
+    rows, group_by = part.variance_rows, part.group_by
+    err = "token error" if part.lm else "error"
+
+    def both(r, term, spec):
+        return f"{fmt(r[f'arm_{term}'], spec)}/{fmt(r[f'labels_{term}'], spec)}"
+
+    def delta(r, term, spec):
+        return f"{r[f'd_{term}']:+{spec}} [{r[f'd_{term}_lo']:+{spec}}, {r[f'd_{term}_hi']:+{spec}}]"
+
+    def head(r):
+        return [r["arm"], r["model"], *(str(r[g]) for g in group_by), f"{r['kappa']:g}", str(r["n_seeds"])]
+    key = ["arm", "model", *group_by, "κ", "seeds"]
+    return [
+        ("cross-entropy (nats)", key + ["CE arm/labels", "bias arm/labels", "variance arm/labels",
+                                        "Δ variance [95% CI]", "Δ bias [95% CI]"],
+         [head(r) + [both(r, "ce", ".3f"), both(r, "ce_bias", ".3f"), both(r, "ce_variance", ".3f"),
+                     delta(r, "ce_variance", ".3f"), delta(r, "ce_bias", ".3f")] for r in rows]),
+        (f"0-1 loss ({err}, %)", key + [f"{err} arm/labels", "bias arm/labels", "net var. arm/labels",
+                                        "Δ bias [95% CI]", "Δ net var. [95% CI]", "disagree arm/labels"],
+         [head(r) + [both(r, "err", ".1f"), both(r, "err_bias", ".1f"), both(r, "err_net_variance", ".1f"),
+                     delta(r, "err_bias", ".1f"), delta(r, "err_net_variance", ".1f"),
+                     both(r, "disagreement", ".1f")] for r in rows]),
+    ]
+
+
+VARIANCE_LEGEND = ("Over seeds, per test row, then averaged: CE = CE bias + CE variance (Heskes 1998: loss of the "
+                   "normalised geometric mean of the seeds' predictions + mean KL from it to each seed's, nats); "
+                   "error = 0-1 bias + net variance (Domingos 2000: the seeds' majority prediction wrong; net "
+                   "variance = unbiased − biased variance); disagree = seed pairs whose top-1 predictions differ. "
+                   "Cells arm/labels; Δ = arm − labels [95% bootstrap interval over test rows, seeds fixed]")
+
+
+def kappa_star_table(part: KindReport) -> tuple[list[str], list[list[str]]]:
+    """The crossover κ* per arm (kdcli.report.crossover): point and 95% bootstrap interval over
+    paired seeds, and the share of resamples whose PI never crosses on the grid."""
+    from kdcli.report.crossover import describe
+
+    cols = ["arm", "model", *part.group_by, "κ grid", "seeds", "κ* [95% CI]", "not reached %", "below grid %"]
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    return cols, [[r["arm"], r["model"], *(str(r[g]) for g in part.group_by), r["kappas"], str(r["n_seeds"]),
+                   describe(r), pct(r["share_not_reached"]), pct(r["share_below"])] for r in part.kappa_star_rows]
+
+
+KAPPA_STAR_LEGEND = ("κ*: where mean PI first falls from above zero to zero or below along the κ grid, "
+                     "interpolated in log κ; 95% interval from resampling paired seeds; 'not reached': PI > 0 "
+                     "at every κ; 'below the grid': PI ≤ 0 at the smallest κ")
 
 
 LM_LEGEND = ("PI: relative test CE reduction (%) = 100·(CE_labels − CE_KD)/CE_labels (CE: per-token test "
@@ -383,6 +444,8 @@ def _write_into(result: ReportResult, out: Path, plots: bool) -> list[Path]:
             tables["tau_kappa"] = [{**t["panel"], "tau": tau, **{f"kappa={k:g}": v for k, v in zip(t["kappas"], row)}}
                                    for t in part.tau_tables for tau, row in zip(t["taus"], t["pi"])]
         tables["fidelity_correlation"] = [{"arm": a, **v} for a, v in part.fidelity.items()]
+        tables["bias_variance"] = part.variance_rows
+        tables["kappa_star"] = part.kappa_star_rows
         what = pi_label(part.rows[0]) if part.rows else "PI"
         if part.lm:
             md += f"# Language models (sequence tasks)\n\n{LM_LEGEND}. Mean and 95% CI over paired seeds.\n\n"
@@ -394,7 +457,14 @@ def _write_into(result: ReportResult, out: Path, plots: bool) -> list[Path]:
                 bare = [{k: v for k, v in r.items() if k != "seeds"} for r in rows]
                 put(f"{name}{part.suffix}.csv", _csv(bare))
                 title = name.replace("_", " ")
-                if not part.lm:
+                lm = " (language models)" if part.lm else ""
+                if name == "bias_variance":
+                    for what, cols, cells in variance_tables(part):
+                        md += _markdown_cells(f"bias and variance across seeds{lm}: {what}", cols, cells)
+                    md += f"{VARIANCE_LEGEND}.\n\n"
+                elif name == "kappa_star":
+                    md += _markdown_cells(f"crossover κ*{lm}", *kappa_star_table(part)) + f"{KAPPA_STAR_LEGEND}.\n\n"
+                elif not part.lm:
                     md += _markdown(title, bare)
                 elif name == "pi_vs_kappa":
                     md += _markdown_cells(f"{title} (language models) — {what}",
@@ -411,6 +481,7 @@ def _write_into(result: ReportResult, out: Path, plots: bool) -> list[Path]:
         "duplicates": [r["dir"] for r in result.pairing.duplicates],
         "labels_without_teacher": [r["dir"] for r in result.pairing.no_teacher],
         "incomplete": result.scan.incomplete,
+        "bias_variance_skipped": [why for k in result.kinds for why in k.variance_skipped],
         "damaged": [{"path": p, "why": why} for p, why in result.scan.damaged + result.damaged_cka],
     })
     written.append(out / "report.json")
@@ -432,7 +503,7 @@ def _plot(part: KindReport, out: Path) -> list[Path]:
     from kdcli.report import plots as P
 
     sfx, written = part.suffix, []
-    written.append(P.pi_vs_kappa(part.rows, out / f"pi_vs_kappa{sfx}.png"))
+    written.append(P.pi_vs_kappa(part.rows, out / f"pi_vs_kappa{sfx}.png", part.kappa_star_rows))
     primary_name = "ce" if part.lm and part.rows[0]["metric"] == "test_loss" else "accuracy"
     written.append(P.accuracy_vs_kappa(part.rows, out / f"{primary_name}_vs_kappa{sfx}.png"))
     if part.lm:
@@ -445,6 +516,9 @@ def _plot(part: KindReport, out: Path) -> list[Path]:
     for i, table in enumerate(part.tau_tables):
         name = f"tau_kappa_heatmap{sfx}.png" if i == 0 else f"tau_kappa_heatmap{sfx}_{i + 1}.png"
         written.append(P.tau_kappa_heatmap(table, out / name, part.unit))
+    if part.variance_rows:
+        written.append(P.bias_variance_vs_kappa(part.variance_rows, out / f"bias_variance_vs_kappa{sfx}.png",
+                                                lm=part.lm))
     if part.cka_rows:
         written.append(P.cka_vs_kappa(part.cka_rows, out / f"cka_vs_kappa{sfx}.png", lm=part.lm))
     return written
