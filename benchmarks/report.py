@@ -4,7 +4,9 @@
 
 Run dirs hold realistic run.json files (copied from a real kdcli student run's
 structure, with κ, seed, τ and accuracy varied). Prints the median of 3 timings,
-with and without plots. Goal: under 10 s.
+with and without plots; then again with a predictions file in every run (`--rows` test
+rows × 10 classes, float16, as MNIST-1D's main job has: 4,000), which adds the bias-variance
+decomposition. Goal: under 10 s.
 """
 
 from __future__ import annotations
@@ -16,10 +18,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from kdcli.stages import report
 
 
-def make_tree(root: Path, n_runs: int) -> None:
+def write_predictions(d: Path, run: dict, rows: int, rng: np.random.Generator) -> None:
+    from safetensors.numpy import save_file
+
+    logits = rng.normal(0, 2, (rows, 10))
+    lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    save_file({"log_probs": lp.astype(np.float16), "targets": (np.arange(rows) % 10).astype(np.int64),
+               "rows": np.arange(rows, dtype=np.int64)}, str(d / "predictions.safetensors"),
+              metadata={"format": "kdcli-predictions", "format_version": "1", "run_id": run["run_id"]})
+    run["artifacts"]["predictions.safetensors"] = "not hashed (report checks sizes by default)"
+
+
+def make_tree(root: Path, n_runs: int, rows: int = 0) -> None:
+    rng = np.random.default_rng(0)
     kappas = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
     taus = [1.0, 4.0]
     i = 0
@@ -49,6 +65,8 @@ def make_tree(root: Path, n_runs: int) -> None:
                         run["kd"] = {"tau": tau, "alpha": 1.0}
                     d = root / stage / f"tau{tau}" / f"k{kappa}" / f"s{seed}"
                     d.mkdir(parents=True, exist_ok=True)
+                    if rows:
+                        write_predictions(d, run, rows, rng)
                     (d / "run.json").write_text(json.dumps(run, indent=2))
                     i += 1
         seed += 1
@@ -57,19 +75,24 @@ def make_tree(root: Path, n_runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--rows", type=int, default=4000, help="test rows per predictions file")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "runs"
-        make_tree(root, args.runs)
-        for plots in (False, True):
-            times = []
-            for r in range(3):
-                t = time.perf_counter()
-                res = report.run(report.ReportConfig(root=str(root), out=str(Path(tmp) / f"rep{r}"), plots=plots))
-                times.append(time.perf_counter() - t)
-            pairs = sum(row["pairs"] for row in res.rows)
-            print(f"{args.runs} runs, {pairs} pairs, {len(res.rows)} rows, plots={plots}: "
-                  f"median {statistics.median(times):.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)})")
+    for rows in (0, args.rows):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "runs"
+            make_tree(root, args.runs, rows)
+            for plots in (False, True):
+                times = []
+                for r in range(3):
+                    t = time.perf_counter()
+                    res = report.run(report.ReportConfig(root=str(root), out=str(Path(tmp) / f"rep{r}"),
+                                                         plots=plots))
+                    times.append(time.perf_counter() - t)
+                pairs = sum(row["pairs"] for row in res.rows)
+                variance = sum(len(k.variance_rows) for k in res.kinds)
+                print(f"{args.runs} runs, {pairs} pairs, {len(res.rows)} rows, predictions of {rows} rows "
+                      f"({variance} bias-variance rows), plots={plots}: median {statistics.median(times):.2f} s "
+                      f"(runs: {', '.join(f'{t:.2f}' for t in times)})")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def report_cmd(
     from rich.table import Table
 
     from kdcli.cli.display import console, err_console
+    from kdcli.report.variance import BEFORE_PREDICTIONS
     from kdcli.stages import report
 
     cfg = report.ReportConfig(root=root, out=out, group_by=tuple(group_by or ()),
@@ -100,8 +101,13 @@ def report_cmd(
             for row in cells:
                 t.add_row(*(escape(c) for c in row))  # '[0.12, 0.40]' is a cell, not rich markup
             console.print(t)
+        old = [why for why in part.variance_skipped if why.endswith(BEFORE_PREDICTIONS)]
+        if old:  # one line for a tree of old runs, not one per row
+            err_console.print(f"no bias-variance rows for {len(old)} PI rows{' (language models)' if part.lm else ''}: their runs were "
+                              f"{BEFORE_PREDICTIONS} (e.g. {old[0].split(': ')[1]})", highlight=False, soft_wrap=True)
         for why in part.variance_skipped:
-            err_console.print(f"no bias-variance row: {why}", highlight=False, soft_wrap=True)
+            if not why.endswith(BEFORE_PREDICTIONS):
+                err_console.print(f"no bias-variance row: {why}", highlight=False, soft_wrap=True)
         if part.cka_rows:
             cka = Table(title=f"{lm}CKA with the teacher vs κ", header_style="bold")
             for name in ("arm", "estimator", "κ", "CKA", "files"):

@@ -15,7 +15,8 @@ reached" above: a bound that lands there is reported as that, not as a number.
 from __future__ import annotations
 
 import math
-import random
+
+import numpy as np
 
 BELOW, CROSSED, NOT_REACHED = "below the grid", "crossed", "not reached"
 
@@ -50,12 +51,10 @@ def kappa_star(pi_by_kappa: dict[float, dict], resamples: int = 2000, seed: int 
            "n_seeds": len(common), "resamples": 0, "share_below": None, "share_not_reached": None}
     if len(common) < 2 or len(kappas) < 2:
         return out
-    rng = random.Random(seed)
-    draws = []
-    for _ in range(resamples):
-        pick = rng.choices(common, k=len(common))
-        draws.append(crossing(kappas, [_mean([pi_by_kappa[k][s] for s in pick]) for k in kappas]))
-    draws.sort(key=lambda d: d[1])
+    table = np.array([[pi_by_kappa[k][s] for s in common] for k in kappas])  # [κ, seed]
+    pick = np.random.default_rng(seed).integers(0, len(common), size=(resamples, len(common)))
+    means = table[:, pick].mean(axis=2)  # [κ, resample]
+    draws = sorted((crossing(kappas, means[:, b].tolist()) for b in range(resamples)), key=lambda d: d[1])
     lo = draws[math.floor(0.025 * (resamples - 1))]
     hi = draws[math.ceil(0.975 * (resamples - 1))]
     out.update(kappa_star_lo=math.exp(lo[1]) if lo[0] == CROSSED else None, lo_status=lo[0],

@@ -88,6 +88,7 @@ def row_bootstrap(diff: np.ndarray, resamples: int = 1000, seed: int = 0) -> tup
 
 # ---- report rows: one per PI row (arm, model, teacher, setting, κ), both arms of its pairs ----
 
+BEFORE_PREDICTIONS = "made before kdcli kept test predictions"
 DELTAS = ("ce_bias", "ce_variance", "err_bias", "err_net_variance")  # arm − labels, with a row-bootstrap CI
 
 
@@ -98,7 +99,7 @@ def _load(run: dict) -> tuple[object | None, str]:
     from kdcli.io.runs import PREDICTIONS_FILE
 
     if PREDICTIONS_FILE not in run.get("artifacts", {}):
-        return None, f"{run['dir']}: made before kdcli kept test predictions"
+        return None, f"{run['dir']}: {BEFORE_PREDICTIONS}"
     try:
         p = read_predictions(Path(run["dir"]) / PREDICTIONS_FILE)
     except ArtifactError as exc:
