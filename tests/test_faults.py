@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -59,6 +60,7 @@ def reference(tmp_path_factory) -> Path:
     "after:checkpoint.safetensors",  # right after it
     "before:checkpoint.safetensors@3",  # inside a later one: the previous stays whole
     "before:model.safetensors",  # while finishing: checkpoint, no run.json
+    "before:predictions.safetensors",  # the last file before run.json
     "before:run.json",  # every artifact written but the completion marker
 ])
 def test_a_kill_at_a_write_resumes_to_the_same_weights(fault, reference, tmp_path):
@@ -114,9 +116,14 @@ def test_a_damaged_checkpoint_is_named_before_any_work(tmp_path):
 
 def test_damaged_completed_runs_are_not_skipped_and_not_counted(tmp_path):
     runs = {}
-    for name in ("metrics_gone", "weights_damaged", "fine"):
+    for name in ("metrics_gone", "weights_damaged", "fine", "predictions_cut"):
         runs[name] = train.run(tiny_config(tmp_path / name, stage="train-teacher", epochs=1))
     (tmp_path / "metrics_gone" / "metrics.parquet").unlink()
+    cut = tmp_path / "predictions_cut" / "predictions.safetensors"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    with pytest.raises(ArtifactError, match="predictions.safetensors.*bytes, run.json recorded"):
+        train.run(tiny_config(tmp_path / "predictions_cut", stage="train-teacher", epochs=1))
+    shutil.rmtree(tmp_path / "predictions_cut")
     w = tmp_path / "weights_damaged" / "model.safetensors"
     data = bytearray(w.read_bytes())
     data[-1] ^= 0xFF
