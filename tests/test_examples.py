@@ -67,10 +67,12 @@ def test_cifar10_smoke(tmp_path):
     data = SHARED_DATA / "cifar10-jpeg"
     if not (data / "train.parquet").is_file():
         pytest.skip(f"{data} is absent (the real CIFAR-10 JPEG copy lives beside the project)")
-    run_example("cifar10.sh", tmp_path, "--smoke", DATA_DIR=str(data), TEACHER_STEPS="2", STUDENT_STEPS="2",
-                KAPPAS="0.01", SEEDS="0")
+    run_example("cifar10.sh", tmp_path, "--smoke", DATA_DIR=str(data), TEACHER_STEPS="2", STUDENT_STEPS="2")
     rows = report_rows(tmp_path / "out-smoke")
-    assert [r["kappa"] for r in rows] == [0.01]
+    assert [r["kappa"] for r in rows] == [0.01, 1.0] and {r["pairs"] for r in rows} == {2}
+    saved = json.loads((tmp_path / "out-smoke" / "report" / "report.json").read_text())
+    assert len(saved["bias_variance"]) == 2 and len(saved["kappa_star"]) == 1  # two seeds, two κ
+    assert (tmp_path / "out-smoke" / "report" / "bias_variance_vs_kappa.png").is_file()
 
 
 @pytest.mark.slow
