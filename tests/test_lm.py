@@ -185,6 +185,16 @@ def test_report_and_cka_on_lm_runs(lm_teacher, tmp_path):
     (part,) = res.kinds
     (bv,) = part.variance_rows  # over the two seeds, on the sampled positions
     assert bv["n_seeds"] == 2 and bv["rows"] == min(2048, 16 * len(_dataset(lm_teacher).test()))
+    from kdcli.io.predictions import read_predictions
+    from kdcli.report.variance import decompose
+    from tests.test_variance import reference_terms
+
+    # the KD arm's terms on 300 sampled positions against the float64 textbook formulas
+    files = [read_predictions(tmp_path / f"kd{seed}" / "predictions.safetensors") for seed in (0, 1)]
+    lp, y = np.stack([f.log_probs for f in files])[:, :300], files[0].targets[:300]
+    got, ref = decompose(lp, y), reference_terms(lp.astype(np.float64), y)
+    for name in ("ce", "ce_bias", "ce_variance", "err_bias", "disagreement"):
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-9, atol=1e-12)
     assert bv["arm_ce_bias"] + bv["arm_ce_variance"] == pytest.approx(bv["arm_ce"])
     got = cka.run(CKAConfig(run_a=str(lm_teacher), run_b=str(tmp_path / "kd0"), out=str(tmp_path / "c.parquet"),
                             estimators=("linear",), threads=1, device="cpu", max_samples=20))

@@ -157,6 +157,27 @@ def test_kappa_star_not_reached_below_the_grid_and_too_few_seeds():
     assert kappa_star(ragged)["n_seeds"] == 2
 
 
+def test_kappa_star_leaves_nan_pi_out_and_needs_two_kappas():
+    nan = math.nan
+    assert kappa_star({0.1: {0: nan, 1: nan}, 0.5: {0: 2.0, 1: 1.0}}) is None  # one κ keeps a PI
+    got = kappa_star({0.1: {0: nan, 1: 4.0, 2: 3.0}, 0.5: {0: 1.0, 1: -2.0, 2: -1.0}}, 500)
+    assert got["n_seeds"] == 2 and got["status"] == CROSSED  # seed 0 is left out of the interval
+    assert kappa_star({0.1: {0: nan}, 0.5: {0: 1.0}, 1.0: {0: -1.0}})["kappa_star"] == pytest.approx(0.5 ** 0.5)
+
+
+def test_pi_plot_with_uneven_seeds_and_bounds_off_the_grid(tmp_path):
+    from kdcli.report.plots import pi_vs_kappa
+
+    rows = [{"arm": "kd", "model": "m", "kappa": k, "pi": p, "pi_lo": p - 1, "pi_hi": p + 1, "metric": "test_acc",
+             "pi_method": "difference_points"} for k, p in ((0.1, 20.0), (1.0, -1.0))]
+    # the point (all pairs) right of its interval (common seeds), and a lower bound "not reached"
+    star = {"arm": "kd", "model": "m", "kappas": "0.1 1", "kappa_star": 0.9, "status": CROSSED,
+            "kappa_star_lo": 0.2, "lo_status": CROSSED, "kappa_star_hi": 0.5, "hi_status": CROSSED}
+    odd = {**star, "kappa_star_lo": None, "lo_status": NOT_REACHED, "kappa_star_hi": None, "hi_status": NOT_REACHED}
+    for i, k in enumerate((star, odd)):
+        assert pi_vs_kappa(rows, tmp_path / f"p{i}.png", [k]).is_file()
+
+
 # ---- report on synthetic trees with predictions files ----
 
 def write_predictions(run_dir: Path, run: dict, log_probs: np.ndarray, targets: np.ndarray,
@@ -235,7 +256,19 @@ def test_runs_without_usable_predictions_are_named_not_counted(tmp_path):
     res = report.run(report.ReportConfig(root=str(tmp_path)))
     (part,) = res.kinds
     assert part.variance_rows == []
-    assert part.variance_skipped == [f"kd τ=4 α=1, κ=0.1: {run_dir}: made before kdcli kept test predictions"]
+    assert part.variance_skipped == [f"kd τ=4 α=1, cnn1d, κ=0.1: {run_dir}: made before kdcli kept test predictions"]
+
+
+def test_nan_predictions_are_named_not_decomposed(tmp_path):
+    _tree(tmp_path, kappas=(0.1,))
+    d = tmp_path / "kd/k0.1/s1"
+    run = json.loads((d / "run.json").read_text())
+    p = read_predictions(d / "predictions.safetensors")
+    lp = p.log_probs.astype(np.float64)
+    lp[3] = np.nan
+    write_predictions(d, run, lp, p.targets)
+    (part,) = report.run(report.ReportConfig(root=str(tmp_path))).kinds
+    assert part.variance_rows == [] and "holds NaN predictions" in part.variance_skipped[0]
 
 
 @pytest.mark.parametrize("change", ["rows", "run_id"])

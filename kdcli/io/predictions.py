@@ -2,7 +2,7 @@
 and variance across seeds.
 
     log_probs  [R, V] float16  log-softmax of the model's logits (floored at float16's lowest
-                               value, so every entry is finite)
+                               value: finite unless the model's outputs were NaN)
     targets    [R]    int64    the true class (next token) of each row
     rows       [R]    int64    which test rows: the sample's position in the test split for
                                classification (every sample); for sequence tasks the flat

@@ -40,16 +40,22 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def kappa_star(pi_by_kappa: dict[float, dict], resamples: int = 2000, seed: int = 0) -> dict:
+def kappa_star(pi_by_kappa: dict[float, dict], resamples: int = 2000, seed: int = 0) -> dict | None:
     """κ* of one arm from its pairs' PI, `pi_by_kappa[κ][seed] = PI`: the point estimate from
-    every pair; the interval from the seeds present at every κ (needs two)."""
+    every pair; the interval from the seeds present at every κ (needs two), so with uneven seeds
+    the point may lie outside it. A NaN PI (a run without its metric) is left out; None when
+    fewer than two κ keep a PI."""
+    pi_by_kappa = {k: {s: v for s, v in by_seed.items() if math.isfinite(v)} for k, by_seed in pi_by_kappa.items()}
+    pi_by_kappa = {k: by_seed for k, by_seed in pi_by_kappa.items() if by_seed}
+    if len(pi_by_kappa) < 2:
+        return None
     kappas = sorted(pi_by_kappa)
     status, x = crossing(kappas, [_mean(list(pi_by_kappa[k].values())) for k in kappas])
     common = sorted(set.intersection(*(set(pi_by_kappa[k]) for k in kappas)), key=str)
     out = {"kappa_star": math.exp(x) if status == CROSSED else None, "status": status,
            "kappa_star_lo": None, "lo_status": None, "kappa_star_hi": None, "hi_status": None,
            "n_seeds": len(common), "resamples": 0, "share_below": None, "share_not_reached": None}
-    if len(common) < 2 or len(kappas) < 2:
+    if len(common) < 2:
         return out
     table = np.array([[pi_by_kappa[k][s] for s in common] for k in kappas])  # [κ, seed]
     pick = np.random.default_rng(seed).integers(0, len(common), size=(resamples, len(common)))
@@ -86,10 +92,11 @@ def kappa_star_rows(groups, group_by: tuple[str, ...], resamples: int = 2000) ->
                           for p in members}
     rows = []
     for key, by_kappa in panels.items():
-        if len(by_kappa) < 2:
+        star = kappa_star(by_kappa, resamples)
+        if star is None:  # fewer than two κ with a PI
             continue
         arm, model, teacher = key[:3]
         rows.append({"arm": arm, "model": model, "teacher": teacher, **dict(zip(group_by, key[3:-1])),
                      "kappas": " ".join(f"{k:g}" for k in sorted(by_kappa)),
-                     "pairs": sum(len(v) for v in by_kappa.values()), **kappa_star(by_kappa, resamples)})
+                     "pairs": sum(len(v) for v in by_kappa.values()), **star})
     return rows

@@ -101,9 +101,11 @@ def pi_vs_kappa(rows: list[dict], path: Path, kappa_star: list[dict] = ()) -> Pa
             continue
         label = k["arm"] if len(models) == 1 else f"{k['model']}: {k['arm']}"
         grid = [float(g) for g in k["kappas"].split()]
-        lo = k["kappa_star_lo"] if k["lo_status"] == "crossed" else grid[0]
-        hi = k["kappa_star_hi"] if k["hi_status"] == "crossed" else grid[-1]
-        xerr = [[k["kappa_star"] - lo], [hi - k["kappa_star"]]] if k["lo_status"] else None
+        edge = {"below the grid": grid[0], "not reached": grid[-1]}  # a bound off the grid: its edge
+        lo = k["kappa_star_lo"] if k["lo_status"] == "crossed" else edge.get(k["lo_status"])
+        hi = k["kappa_star_hi"] if k["hi_status"] == "crossed" else edge.get(k["hi_status"])
+        # the point uses every pair, the interval the seeds at every κ: it may lie outside
+        xerr = [[max(0.0, k["kappa_star"] - lo)], [max(0.0, hi - k["kappa_star"])]] if k["lo_status"] else None
         ax.errorbar([k["kappa_star"]], [0], xerr=xerr, marker="X", markersize=9, capsize=4,
                     color=colors.get(label, "black"), linestyle="none")
     ax.set_xlabel("κ (student samples / teacher's n_T)")

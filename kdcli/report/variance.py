@@ -106,6 +106,8 @@ def _load(run: dict) -> tuple[object | None, str]:
         return None, str(exc)
     if p.meta.get("run_id") != run["run_id"]:
         return None, f"{run['dir']}/{PREDICTIONS_FILE}: made by run {p.meta.get('run_id')}, not this run.json's"
+    if not np.isfinite(p.log_probs).all():
+        return None, f"{run['dir']}/{PREDICTIONS_FILE}: holds NaN predictions (the run diverged)"
     return p, ""
 
 
@@ -146,12 +148,13 @@ def variance_rows(groups, group_by: tuple[str, ...], resamples: int = 1000) -> t
                 cache[ids] = (None, why) if lp is None else ((decompose(lp, targets), targets, at), "")
             sides[side], why = cache[ids]
             if sides[side] is None:
-                skipped.append(f"{arm}, κ={key[-2]:g}: {why}")
+                skipped.append(f"{arm}, {model}, κ={key[-2]:g}: {why}")
                 break
         else:
             (a, _, a_rows), (b, _, b_rows) = sides["arm"], sides["labels"]
             if not np.array_equal(a_rows, b_rows):
-                skipped.append(f"{arm}, κ={key[-2]:g}: the arm and its label twins predicted other test rows")
+                skipped.append(f"{arm}, {model}, κ={key[-2]:g}: the arm and its label twins predicted other "
+                               "test rows")
                 continue
             scale = {t: 100.0 if t.startswith("err") or t == "disagreement" else 1.0 for t in TERMS}
             row = {"arm": arm, "model": model, "teacher": teacher, **dict(zip(group_by, key[3:-2])),

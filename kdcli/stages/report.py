@@ -335,7 +335,7 @@ def variance_tables(part: KindReport) -> list[tuple[str, list[str], list[list[st
 VARIANCE_LEGEND = ("Over seeds, per test row, then averaged: CE = CE bias + CE variance (Heskes 1998: loss of the "
                    "normalised geometric mean of the seeds' predictions + mean KL from it to each seed's, nats); "
                    "error = 0-1 bias + net variance (Domingos 2000: the seeds' majority prediction wrong; net "
-                   "variance = unbiased − biased variance); disagree = seed pairs whose top-1 predictions differ. "
+                   "variance = unbiased − c·biased variance); disagree = seed pairs whose top-1 predictions differ. "
                    "Cells arm/labels; Δ = arm − labels [95% bootstrap interval over test rows, seeds fixed]")
 
 

@@ -133,7 +133,7 @@ def prediction_rows(split: Split, task: Task) -> torch.Tensor | None:
 def predictions(model: torch.nn.Module, split: Split, task: Task, model_input: Callable, batch_size: int,
                 device: torch.device) -> dict[str, torch.Tensor]:
     """The model's test predictions as a predictions file stores them: `log_probs` [R, V]
-    (log-softmax, float16, floored at float16's lowest value so every entry is finite),
+    (log-softmax, float16, floored at float16's lowest value: finite unless the outputs are NaN),
     `targets` [R] and `rows` [R] (prediction_rows; for classification the sample's position in
     the split). Only batches holding a kept row are run."""
     was_training = model.training
