@@ -1,6 +1,7 @@
 """KD loss backends side by side: median forward+backward time and peak extra memory.
 
     python benchmarks/kd_loss.py [--repeats 7] [--threads N] [--skip-gpu] [--skip-cpu]
+                                 [--gpu-shapes 4096x32000,16384x128256]
 
 CPU (float32): 4096×10, 4096×100, 4096×1000, 512×32000, 2048×32000, for eager,
 torch.compile of eager, fused, and fused with compilation switched off (what
@@ -8,7 +9,9 @@ compiling buys). GPU, when CUDA is present (bfloat16 and float32): N ∈ {1024,
 4096, 8192} × V ∈ {32000, 128256}, for eager, torch.compile of eager and triton,
 with the bandwidth achieved under the 3-accesses-per-element model (read s, read
 t, write ds) as a percentage of the card's peak (--peak-gbps, or a table of
-known cards).
+known cards), and Liger-Kernel's LigerKLDIVLoss on the same rows when the
+liger_kernel package is installed (KL(t ‖ s) of log-probabilities it is given:
+the log-softmaxes are part of its time).
 
 Backends are timed in turn within each repeat, so drift in a shared machine's
 load spreads over all of them. "peak extra" is the most memory allocated at once
@@ -50,7 +53,16 @@ def backends(device: str) -> dict:
                 "fused": fused.fused_loss, "fused, not compiled": fused_uncompiled}
     from kdcli.losses.triton_kd import triton_loss
 
-    return {"eager": eager.eager_loss, "compiled eager": compiled_eager, "triton": triton_loss}
+    fns = {"eager": eager.eager_loss, "compiled eager": compiled_eager, "triton": triton_loss}
+    try:
+        from liger_kernel.transformers import LigerKLDIVLoss
+    except ImportError:
+        return fns
+    liger = LigerKLDIVLoss(reduction="batchmean", log_target=True)
+
+    def liger_kd(s, t, *, tau, **_):  # τ²·KL(t/τ ‖ s/τ), averaged over rows, as the others
+        return tau * tau * liger(torch.log_softmax(s.float() / tau, -1), torch.log_softmax(t.float() / tau, -1))
+    return {**fns, "liger KLDiv": liger_kd}
 
 
 def step(fn, s, t) -> None:
@@ -107,13 +119,22 @@ def measure(device: str, shapes, dtypes, repeats: int, peak_gbps: float | None) 
             g = torch.Generator(device=device).manual_seed(0)
             s = (3 * torch.randn(n, v, generator=g, device=device)).to(dtype).requires_grad_()
             t = (3 * torch.randn(n, v, generator=g, device=device)).to(dtype)
-            first = {name: timed(fn, s, t, device) for name, fn in fns.items()}
-            times = {name: [] for name in fns}
+            first, oom = {}, []
+            for name, fn in fns.items():
+                try:
+                    first[name] = timed(fn, s, t, device)
+                except torch.OutOfMemoryError:  # eager at 16,384 × 128,256 in fp32 needs several copies
+                    oom.append(name)
+                    s.grad = None
+                    torch.cuda.empty_cache()
+                    print(f"{f'{n}x{v}':>12} {str(dtype).removeprefix('torch.'):>8} {name:>20} out of memory", flush=True)
+            live = {name: fn for name, fn in fns.items() if name not in oom}
+            times = {name: [] for name in live}
             for _ in range(repeats):
-                for name, fn in fns.items():
+                for name, fn in live.items():
                     times[name].append(timed(fn, s, t, device))
             grad_bytes = s.numel() * s.element_size()
-            for name, fn in fns.items():
+            for name, fn in live.items():
                 ms = 1e3 * statistics.median(times[name])
                 extra = peak_extra_bytes(fn, s, t, device) / grad_bytes
                 line = (f"{f'{n}x{v}':>12} {str(dtype).removeprefix('torch.'):>8} {name:>20} "
@@ -139,7 +160,11 @@ def main() -> None:
     parser.add_argument("--peak-gbps", type=float, default=None, help="the GPU's peak memory bandwidth")
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--skip-gpu", action="store_true")
+    parser.add_argument("--gpu-shapes", default=None, help="N×V list, e.g. 4096x32000,16384x128256")
     args = parser.parse_args()
+    shapes = GPU_SHAPES
+    if args.gpu_shapes:
+        shapes = [tuple(int(v) for v in item.split("x")) for item in args.gpu_shapes.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.skip_cpu:
@@ -154,7 +179,7 @@ def main() -> None:
     peak = card_peak_gbps(args.peak_gbps)
     print(f"\nGPU {torch.cuda.get_device_name()}, peak {peak or '?'} GB/s; "
           "GB/s = 3·N·V·bytes / median time (read s, read t, write ds)")
-    measure("cuda", GPU_SHAPES, [torch.bfloat16, torch.float32], args.repeats, peak)
+    measure("cuda", shapes, [torch.bfloat16, torch.float32], args.repeats, peak)
 
 
 if __name__ == "__main__":

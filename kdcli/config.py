@@ -61,6 +61,9 @@ def need(cond: bool, flag: str, what: str, value) -> None:
         raise ConfigError(f"{flag} {value}: expected {what}")
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 def fields_with_role(cls, *roles: str) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("role") in roles]
 
@@ -139,6 +142,11 @@ class TrainConfig:
     grad_clip: float | None = setting(None, "Clip the gradient norm to this value.", "training")
     augment: bool = setting(False, "Random crop (padding 4) and horizontal flip; image datasets only.",
                             "training", flag="--augment/--no-augment")
+    precision: str = setting(
+        "fp32", "Training arithmetic: fp32, bf16 (autocast) or fp16 (autocast with a gradient scaler; "
+                "CUDA only). Weights, optimizer, KD loss and evaluation stay float32.", "training")
+    compile: bool = setting(False, "torch.compile the model for training (needs a C++ compiler on the "
+                                   "CPU, Triton on CUDA).", "run", flag="--compile")
     eval_every: str | None = setting(
         None, "Evaluate every N steps, or every N minutes with an m suffix (10m); 0: only after "
               "the last step. Default: 10 evaluations per run.", "run")
@@ -178,6 +186,7 @@ class TrainConfig:
         need(self.match_smoothing_tau is None or self.stage == "train-labels",
              "--match-smoothing-tau", "train-labels only", self.match_smoothing_tau)
         need(self.grad_clip is None or self.grad_clip > 0, "--grad-clip", "a norm > 0", self.grad_clip)
+        need(self.precision in PRECISIONS, "--precision", ", ".join(PRECISIONS), self.precision)
         need(self.threads is None or self.threads >= 1, "--threads", "an integer ≥ 1", self.threads)
         need(not (self.overwrite and self.resume), "--resume", "either --resume or --overwrite, not both", "")
         if self.eval_every is not None:

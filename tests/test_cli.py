@@ -114,6 +114,8 @@ BAD_INPUTS = {
     "infinite warm-up": (["--warmup-epochs", "inf"], "--warmup-epochs"),
     "grid repeating a value": (["--grid", "seed=0,0", "--task-index", "0"], "--grid"),
     "out under a file": (["--out", "/etc/hostname/run"], "/etc/hostname"),
+    "unknown precision": (["--precision", "fp8"], "--precision"),
+    "fp16 without CUDA": (["--precision", "fp16", "--device", "cpu"], "--precision fp16"),
 }
 
 

@@ -57,6 +57,8 @@ VALUES = {
     "match_smoothing_tau": (["--match-smoothing-tau", "2"], 2.0),
     "grad_clip": (["--grad-clip", "1"], 1.0),
     "augment": (["--augment"], True),
+    "precision": (["--precision", "bf16"], "bf16"),
+    "compile": (["--compile"], True),
     "eval_every": (["--eval-every", "250"], "250"),
     "checkpoint_every": (["--checkpoint-every", "5m"], "5m"),
     "eval_batch_size": (["--eval-batch-size", "64"], 64),

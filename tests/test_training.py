@@ -362,3 +362,26 @@ def test_epochs_overridden_by_steps_are_not_compared(tmp_path):
     del run["task"], run["recipe"]
     (done.run_dir / "run.json").write_text(json.dumps(run))
     assert train.run(tiny_config(tmp_path / "r", steps=12)).skipped
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_pairs_with_nothing_else(tmp_path):
+    """--precision bf16 on the CPU: autocast forward, float32 weights; a training setting."""
+    import json
+
+    from kdcli.report.pairs import pair_key
+
+    runs = {p: train.run(tiny_config(tmp_path / p, stage="train-teacher", epochs=2, precision=p))
+            for p in ("fp32", "bf16")}
+    w32, w16 = weights(runs["fp32"].run_dir), weights(runs["bf16"].run_dir)
+    assert all(w16[k].dtype == w32[k].dtype for k in w32)  # the weights stay float32
+    assert not all(torch.equal(w16[k], w32[k]) for k in w32)  # the forward really ran in bf16
+    rel = max(((w16[k] - w32[k]).norm() / w32[k].norm().clamp_min(1e-12)).item()
+              for k in w32 if w32[k].is_floating_point())
+    assert rel < 0.1  # bf16 rounding of a short run, not another training
+    a32, a16 = (r.run["final"]["test_acc"] for r in runs.values())
+    assert abs(a32 - a16) < 0.1
+    run32, run16 = (json.loads((r.run_dir / "run.json").read_text()) for r in runs.values())
+    student = {**run32, "stage": "train-labels", "teacher": {"run_id": "T"}}
+    assert pair_key(student) != pair_key({**student, "config": run16["config"]})
+    old = {**student, "config": {k: v for k, v in run32["config"].items() if k != "precision"}}
+    assert pair_key(old) == pair_key(student)  # a run made before --precision ran at fp32

@@ -4,6 +4,7 @@ over kdcli.stages, their options built from the configs (kdcli/config.py)."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -50,6 +51,11 @@ def _train(stage: str, **values) -> None:
     configs = train_configs(stage, values)
     if values["workers"] < 1:
         raise ConfigError(f"--workers {values['workers']}: expected at least 1")
+    from kdcli.train import distributed
+
+    if distributed.launched():
+        _run_distributed(stage, configs, values)
+        return
     if values["stack_seeds"]:
         _stacked(stage, configs, values)
         return
@@ -81,6 +87,23 @@ def _train(stage: str, **values) -> None:
                 failed.append(Path(cfg.out).name)
     if failed:
         raise points_failed(failed, len(configs))
+
+
+def _run_distributed(stage: str, configs: list, values: dict) -> None:
+    """One run over the processes torchrun started (DDP): rank 0 writes and prints."""
+    from kdcli.train import distributed
+
+    if len(configs) > 1 or values["workers"] > 1 or values["stack_seeds"]:
+        raise ConfigError("torchrun: one run spans the processes it starts; give one point (no --task-index "
+                          "list, --workers or --stack-seeds); fan many runs out as a slurm array instead")
+    cfg = configs[0]
+    size = int(os.environ["WORLD_SIZE"])
+    if cfg.batch_size % size:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: not divisible by the {size} processes torchrun "
+                          "started (each takes an equal slice of the global batch)")
+    world = distributed.start(cfg.device)
+    _run(stage, cfg, values["quiet"] or not world.main, say=world.main)
+    distributed.stop()  # after an error torchrun ends the other processes
 
 
 def _stacked(stage: str, configs: list, values: dict) -> None:
@@ -125,7 +148,7 @@ def _stacked(stage: str, configs: list, values: dict) -> None:
         raise points_failed(failed, len(configs))
 
 
-def _run(stage: str, cfg, quiet: bool) -> None:
+def _run(stage: str, cfg, quiet: bool, say: bool = True) -> None:
     from kdcli.cli.display import (
         ProgressBar,
         console,
@@ -140,6 +163,8 @@ def _run(stage: str, cfg, quiet: bool) -> None:
     started = time.perf_counter()
     with ProgressBar(f"{stage} {cfg.out}", quiet) as bar:
         result = stage_module.run(cfg, progress=bar)
+    if not say:  # a torchrun process other than rank 0
+        return
     if result.skipped:
         err_console.print(skipped_line(cfg.out))
     elif quiet:  # one line per run, for logs: the point, its result, the seconds

@@ -10,6 +10,7 @@ duplicates are reported, never dropped silently or counted twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,9 +23,20 @@ from kdcli.config import DistillConfig, fields_with_role, without_overridden
 PAIRING = fields_with_role(DistillConfig, "training")
 
 
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+# A setting a run does not record predates it: it ran at the default (e.g. precision fp32).
+DEFAULTS = {f.name: _default(f) for f in dataclasses.fields(DistillConfig) if f.name in PAIRING}
+
+
 def setting(run: dict) -> dict:
     """The config fields a pair shares, besides dataset, teacher and model."""
-    return without_overridden({k: v for k, v in run["config"].items() if k in PAIRING})
+    return without_overridden({k: run["config"].get(k, DEFAULTS[k]) for k in PAIRING
+                               if k in run["config"] or DEFAULTS[k] is not None})
 
 
 def pair_key(run: dict) -> tuple:

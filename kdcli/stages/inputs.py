@@ -116,16 +116,36 @@ def prepare(r: Resolved) -> Prepared:
                           "and flip apply to image datasets (cifar10, cifar100, parquet-images)")
     subset = kappa_subset(dataset, cfg.kappa, cfg.subset_seed)
     device = use_device(cfg.device, cfg.threads)
+    check_precision(cfg, device)
     model, model_args = make_model(cfg, dataset, device)
     check_forward(model, dataset, subset, device, cfg.model)
     return Prepared(cfg, dataset, teacher, r.recipe, subset, model, model_args, device)
+
+
+def check_precision(cfg: TrainConfig, device: torch.device) -> None:
+    """--precision and --compile on this device, before --out is touched."""
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"--precision fp16: needs a CUDA device (this run is on {device.type}; autocast "
+                          "there supports bf16)")
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16; use fp16")
+    if cfg.compile:
+        try:  # torch.compile builds lazily: a missing compiler would show only at the first step
+            torch.compile(lambda t: t * 2 + 1)(torch.ones(4, device=device))
+        except Exception as exc:  # noqa: BLE001  inductor raises many kinds
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(f"--compile: torch.compile cannot build on this machine ({first}); drop "
+                              "--compile") from None
 
 
 def make_model(cfg: TrainConfig, dataset: Dataset, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """Build the model with weights drawn from --seed, identically for paired runs."""
     args = resolve_model_args(cfg.model, dataset.task.outputs, dataset.input_shape, cfg.model_args)
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, **args).to(device), args
+    model = build_model(cfg.model, **args).to(device)
+    if device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)  # tensor cores' layout; same values
+    return model, args
 
 
 def check_forward(model: torch.nn.Module, dataset: Dataset, subset: Subset, device: torch.device,

@@ -26,6 +26,7 @@ from kdcli.io.hashing import sha256_file
 from kdcli.io.predictions import predictions_meta
 from kdcli.io.provenance import now_iso, provenance
 from kdcli.io.tables import write_metrics, write_table
+from kdcli.train.distributed import barrier, world
 from kdcli.train.loop import PREDICTION_POSITIONS, PREDICTION_SEED
 from kdcli.train.state import clear_state, saved_progress
 
@@ -82,6 +83,11 @@ def decide(cfg: TrainConfig) -> tuple[str, dict | None]:
         raise ArtifactError(f"{out}: holds an interrupted run; pass --resume to continue it or "
                             "--overwrite to start again")
     saved = saved_progress(Path(cfg.out))  # checked whole before anything runs
+    size = world().size
+    if saved.get("world_size", 1) != size:
+        raise ArtifactError(f"--resume: {cfg.out} was checkpointed by a run over {saved.get('world_size', 1)} "
+                            f"process(es), this one has {size}; resume it with the same number of torchrun "
+                            "processes (a different world size sums gradients in another order), or --overwrite")
     _refuse_changes(cfg, saved.get("config") or {}, f"--resume: {cfg.out} was started with "
                     "different settings", "use the same flags or --overwrite")
     return "resume", None
@@ -142,7 +148,16 @@ def train_and_finish(plan: Plan, progress=None) -> RunResult:
     from kdcli.train.loop import fit
 
     p = plan.p
+    w = world()
+    barrier()  # under torchrun: every process has planned before rank 0 touches --out
+    if not w.main:  # it trains its slice of each batch; rank 0 writes
+        barrier()  # rank 0 has made --out ready
+        fit(p.cfg, p.model, p.subset.split, plan.evaluator, task=p.task, model_input=p.dataset.model_input,
+            objective=plan.objective, device=p.device, run_dir=Path(p.cfg.out), attempts=plan.attempts,
+            progress=progress)
+        return RunResult(Path(p.cfg.out), False, {}, [])
     with claim(p.cfg, plan.action) as out:
+        barrier()
         rows = fit(p.cfg, p.model, p.subset.split, plan.evaluator, task=p.task,
                    model_input=p.dataset.model_input, objective=plan.objective, device=p.device,
                    run_dir=out, attempts=plan.attempts, progress=progress)
@@ -195,6 +210,7 @@ def finish(p, out: Path, rows: list[dict], attempts: list[dict], info: dict, eva
         "artifacts": {name: sha256_file(out / name) for name in ARTIFACTS},
         "artifact_bytes": {name: (out / name).stat().st_size for name in ARTIFACTS},
         "attempts": attempts,
+        "world": world().describe(),
         "provenance": provenance(started=attempts[-1]["started"], inputs=inputs,
                                  seeds={"seed": cfg.seed, "subset_seed": cfg.subset_seed}),
     }

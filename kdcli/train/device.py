@@ -57,8 +57,11 @@ def choose_threads(requested: int | None) -> int:
 
 
 def use_device(name: str, threads: int | None) -> torch.device:
-    """The device a run computes on; on the CPU, with its thread count set first."""
-    device = select_device(name)
+    """The device a run computes on; on the CPU, with its thread count set first. Under
+    torchrun each CUDA process takes the GPU of its LOCAL_RANK."""
+    from kdcli.train.distributed import device_for
+
+    device = select_device(device_for(name))
     if device.type == "cpu":
         torch.set_num_threads(choose_threads(threads))
     return device

@@ -13,6 +13,7 @@ weights after the last step; no step is chosen on the test set.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from kdcli.losses.eager import kd_rows
 from kdcli.progress import Progress
 from kdcli.task import IGNORE, ROW_METRICS, Task
 from kdcli.teacher import TeacherRows
+from kdcli.train import distributed
 from kdcli.train.schedule import lr_at, make_optimizer
 from kdcli.train.signals import StopOnSignal
 from kdcli.train.state import load_state, save_state
@@ -195,6 +197,15 @@ class Evaluator:
         return predictions(model, split, self.task, self.model_input, self.batch_size, self.device)
 
 
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision
+
+
+def counted_rows(targets: torch.Tensor, task: Task) -> torch.Tensor | int:
+    """How many rows of a batch count toward its mean loss."""
+    keep = task.mask(targets)
+    return targets.numel() if keep is None else keep.sum()
+
+
 def steps_plan(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
     """(steps per epoch, total steps); the last batch of an epoch may be short."""
     per_epoch = math.ceil(n_train / cfg.batch_size)
@@ -266,24 +277,33 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
     else "killed after its last checkpoint", which holds if no later record replaces it.
     """
     progress = progress or Progress()
+    world = distributed.world()
     per_epoch, total = steps_plan(cfg, len(train))
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     generators = {"order": torch.Generator().manual_seed(cfg.seed),
                   "augment": torch.Generator().manual_seed(cfg.seed + 1_000_003)}
     # Loading a teacher builds a network and draws from the global RNG; reseed so the
-    # global stream (dropout, stochastic depth) is the same in both arms of a pair.
-    torch.manual_seed(cfg.seed + 2_000_003)
+    # global stream (dropout, stochastic depth) is the same in both arms of a pair (and its
+    # own in each torchrun process).
+    torch.manual_seed(cfg.seed + 2_000_003 + world.rank)
     rows: list[dict] = []
     step = 0
     perm = None
     meter = TrainMeter.zeros(device)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     if cfg.resume and (run_dir / CKPT_TENSORS).is_file():
         saved = load_state(run_dir, model=model, optimizer=optimizer, generators=generators)
         step, rows = saved.progress["step"], saved.progress["rows"]
         perm = saved.tensors["order.perm"].to(device)
         meter = TrainMeter(*(saved.tensors[f"meter.{k}"].to(device) for k in ("loss_sum", "correct", "rows")))
+        if scaler is not None:
+            scaler.load_state_dict(saved.progress["scaler"])
         attempts[:-1] = saved.progress.get("attempts", [])  # none in checkpoints of kdcli < 0.5
         attempts[-1].update(first_step=step, last_step=step)
+        if world.distributed:  # this process's own global stream
+            torch.set_rng_state(saved.tensors[f"rng.rank{world.rank}.torch"])
+            if device.type == "cuda":
+                torch.cuda.set_rng_state(saved.tensors[f"rng.rank{world.rank}.cuda"], device)
 
     evals = Every(cfg.eval_every, "--eval-every", default_steps=math.ceil(total / EVALUATIONS_BY_DEFAULT))
     checkpoints = Every(cfg.checkpoint_every, "--checkpoint-every")
@@ -295,12 +315,28 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
 
     def checkpoint(outcome: str) -> None:
         attempts[-1].update(ended=now_iso(), last_step=step, outcome=outcome)
-        save_state(run_dir, model=model, optimizer=optimizer, generators=generators,
-                   tensors={"order.perm": perm, "meter.loss_sum": meter.loss_sum,
-                            "meter.correct": meter.correct, "meter.rows": meter.rows},
-                   progress={"step": step, "rows": rows, "config": cfg.compared_fields(),
-                             "attempts": attempts})
+        tensors = {"order.perm": perm, "meter.loss_sum": meter.loss_sum, "meter.correct": meter.correct,
+                   "meter.rows": meter.rows}
+        if world.distributed:  # every process's global RNG stream (dropout), kept by rank 0
+            states = distributed.gather_objects(
+                {"torch": torch.get_rng_state(),
+                 "cuda": torch.cuda.get_rng_state(device).cpu() if device.type == "cuda" else None})
+            for r, st in enumerate(states):
+                tensors.update({f"rng.rank{r}.{k}": v for k, v in st.items() if v is not None})
+        if world.main:
+            save_state(run_dir, model=model, optimizer=optimizer, generators=generators, tensors=tensors,
+                       progress={"step": step, "rows": rows, "config": cfg.compared_fields(),
+                                 "attempts": attempts, "world_size": world.size,
+                                 **({"scaler": scaler.state_dict()} if scaler is not None else {})})
 
+    net = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    autocast = AUTOCAST[cfg.precision]
     with StopOnSignal() as stop:
         while step < total:
             b = step % per_epoch
@@ -310,30 +346,55 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
             xb, yb = x[pos], y[pos]
             if cfg.augment:
                 xb = augment(xb, generators["augment"])
+            weight = None
+            if world.distributed:  # this process's slice of the global batch, and its share of it
+                mine, n_mine = distributed.slice_of(torch.arange(len(pos), device=device))
+                weight = world.size * counted_rows(yb[mine], task) / counted_rows(yb, task) if n_mine else 0.0
+                xb, yb, pos = xb[mine], yb[mine], pos[mine]
             xb = model_input(xb)
             lr = lr_at(cfg, step, total, per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = model(xb)
-            loss = objective(logits, xb, yb, pos)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                logits = net(xb)
+            loss = objective(logits, xb, yb, pos)  # float32 accumulation whatever the logits' dtype
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the processes' gradients: weighted, that is the global batch's mean
+            if weight is None:
+                scaled = loss
+            elif weight:
+                scaled = loss * weight
+            else:  # no row of this slice counts: no gradient from it, but DDP's all-reduce all the same
+                scaled = logits.float().sum() * 0.0
+            (scaled if scaler is None else scaler.scale(scaled)).backward()
             if cfg.grad_clip is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:  # skips the step when the fp16 gradients overflowed, and adapts the scale
+                scaler.step(optimizer)
+                scaler.update()
             step += 1
-            meter.add(loss, logits, yb, task)
+            if weight is None or weight:
+                meter.add(loss, logits, yb, task)
             progress.advance(step)
-            if step == total or evals.due(step):
-                row = meter.metrics_row(step, per_epoch, lr, evaluator(model))
+            evaluate_now, checkpoint_now, stopping = distributed.any_of(
+                [step == total or evals.due(step), step < total and checkpoints.due(step),
+                 stop.signum is not None], device)  # every process decides alike
+            if evaluate_now:
+                distributed.sum_([meter.loss_sum, meter.correct, meter.rows])
+                row = meter.metrics_row(step, per_epoch, lr, evaluator(model) if world.main else {})
                 rows.append(row)
                 progress.metrics(row)
                 meter = TrainMeter.zeros(device)
-            if step < total and (checkpoints.due(step) or stop.signum is not None):
-                checkpoint(f"stopped ({stop.name})" if stop.signum else "killed after its last checkpoint")
-            if step < total and stop.signum is not None:
-                raise Stopped(f"{stop.name} at step {step} of {total}; a checkpoint is saved in "
+            name = stop.name or "SIGTERM"  # a process stopping because another one was signalled
+            if step < total and (checkpoint_now or stopping):
+                checkpoint(f"stopped ({name})" if stopping else "killed after its last checkpoint")
+            if step < total and stopping:
+                raise Stopped(f"{name} at step {step} of {total}; a checkpoint is saved in "
                               f"{run_dir}: run the same command with --resume to continue",
-                              stop.signum)
+                              stop.signum or signal.SIGTERM)
     attempts[-1]["last_step"] = step
     return rows
