@@ -110,13 +110,21 @@ def test_a_dead_rank_ends_the_job_and_the_run_resumes_to_the_same_weights(tmp_pa
     resumed = run(*args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert max_difference(tmp_path / "ref", out) == 0  # two processes, the same order: bit for bit
+    # the train metrics too: every process's running sums went into the checkpoint
+    import pyarrow.parquet as pq
+
+    ref_rows, rows = (pq.read_table(d / "metrics.parquet").to_pylist() for d in (tmp_path / "ref", out))
+    for a, b in zip(ref_rows, rows, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6) and b["train_acc"] == a["train_acc"]
+        assert b["test_acc"] == a["test_acc"]
     attempts = json.loads((out / "run.json").read_text())["attempts"]
     assert [a["outcome"] for a in attempts] == ["killed after its last checkpoint", "completed"]
 
 
 def test_sigterm_saves_a_checkpoint_and_another_world_size_is_refused(tmp_path):
     out = tmp_path / "stopped"
-    args = ["train-teacher", *DATA, "--steps", "20000", "--eval-every", "20000", "--checkpoint-every", "20000"]
+    args = ["train-teacher", *DATA, "--batch-size", "48", "--steps", "20000", "--eval-every", "20000",
+            "--checkpoint-every", "20000"]  # 48: divisible by 2 and 3 processes
     job = torchrun(*args, "--out", str(out))
     while not (out / ".kdcli-lock").exists():
         time.sleep(0.1)
@@ -127,13 +135,10 @@ def test_sigterm_saves_a_checkpoint_and_another_world_size_is_refused(tmp_path):
     progress = saved_progress(out)
     assert progress["attempts"][-1]["outcome"] == "stopped (SIGTERM)" and progress["world_size"] == 2
     before = (out / "checkpoint.safetensors").read_bytes()
-    for nproc in (None, 3):
-        refused = run(*args, "--out", str(out), "--resume", "--batch-size", "63" if nproc == 3 else "64",
-                      nproc=nproc)
+    for nproc, size in ((None, 1), (3, 3)):  # the world size is named; nothing touched
+        refused = run(*args, "--out", str(out), "--resume", nproc=nproc)
         assert refused.returncode != 0
-    # one process: the world size is named; nothing touched
-    one = run(*args, "--out", str(out), "--resume", nproc=None)
-    assert "checkpointed by a run over 2 process(es), this one has 1" in one.stderr
+        assert f"checkpointed by a run over 2 process(es), this one has {size}" in refused.stderr
     assert (out / "checkpoint.safetensors").read_bytes() == before
 
 

@@ -385,3 +385,16 @@ def test_bf16_autocast_trains_close_to_fp32_and_pairs_with_nothing_else(tmp_path
     assert pair_key(student) != pair_key({**student, "config": run16["config"]})
     old = {**student, "config": {k: v for k, v in run32["config"].items() if k != "precision"}}
     assert pair_key(old) == pair_key(student)  # a run made before --precision ran at fp32
+
+
+def test_a_run_made_before_precision_existed_counts_as_fp32(tmp_path):
+    import json
+
+    out = tmp_path / "old"
+    train.run(tiny_config(out, stage="train-teacher", epochs=1))
+    run = json.loads((out / "run.json").read_text())
+    del run["config"]["precision"]  # as kdcli wrote it before --precision
+    (out / "run.json").write_text(json.dumps(run))
+    assert train.run(tiny_config(out, stage="train-teacher", epochs=1)).skipped
+    with pytest.raises(ArtifactError, match=r"other settings \(precision\)"):
+        train.run(tiny_config(out, stage="train-teacher", epochs=1, precision="bf16"))

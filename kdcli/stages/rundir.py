@@ -8,6 +8,7 @@ completion marker.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
@@ -101,8 +102,9 @@ def _where(key: str, value):
 def _refuse_changes(cfg: TrainConfig, saved: dict, what: str, fix: str) -> None:
     """Settings that change the weights must be the ones the run was made with."""
     current = cfg.compared_fields()
-    # A setting the saved run does not record predates it: kept at its default, not a change.
-    changed = sorted(k for k, v in current.items() if _where(k, saved.get(k, v)) != _where(k, v))
+    # A setting the saved run does not record predates it: it ran at the default (--precision fp32).
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    changed = sorted(k for k, v in current.items() if _where(k, saved.get(k, defaults.get(k, v))) != _where(k, v))
     if changed:
         raise ArtifactError(f"{what} ({', '.join(changed)}); {fix}")
 

@@ -27,6 +27,7 @@ import torch
 from kdcli.errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 600
+FINAL_WAIT_S = 7 * 24 * 3600  # the closing barrier (a CPU group of its own): no timeout in practice
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class World:
 
 
 _world = World()
+_final = None  # the closing barrier's process group
 
 
 def world() -> World:
@@ -81,8 +83,14 @@ def start(device: str) -> World:
         timeout = float(os.environ.get("KDCLI_DDP_TIMEOUT", DEFAULT_TIMEOUT_S))
     except ValueError:
         raise ConfigError(f"KDCLI_DDP_TIMEOUT={os.environ['KDCLI_DDP_TIMEOUT']!r}: expected seconds") from None
+    if device.startswith("cuda:"):
+        raise ConfigError(f"--device {device}: under torchrun each process takes the GPU of its LOCAL_RANK; "
+                          "use --device cuda (or auto)")
     backend = "nccl" if cuda else "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    global _final
+    # the end of a run: the other ranks wait while rank 0 evaluates and writes, however long
+    _final = dist.new_group(backend="gloo", timeout=timedelta(seconds=FINAL_WAIT_S))
     _world = World(rank, size, local, backend)
     return _world
 
@@ -144,10 +152,11 @@ def slice_of(pos: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def stop() -> None:
     """The end of a command: wait for every process (one that left while another still used the
-    group would break it). The group ends with the process: destroy_process_group at exit made a
-    gloo process abort ("terminate called without an active exception") in about one run in eight
-    here, torch 2.14.1."""
+    group would break it), in a gloo group of its own whose timeout outlasts rank 0's final
+    evaluation and writes (torchrun ends the waiting processes if rank 0 fails). The group ends
+    with the process: destroy_process_group at exit made a gloo process abort ("terminate called
+    without an active exception") in about one run in eight here, torch 2.14.1."""
     if _world.distributed:
         import torch.distributed as dist
 
-        dist.barrier()
+        dist.barrier(group=_final)

@@ -228,6 +228,10 @@ class Every:
             return True
         return False
 
+    def restart(self) -> None:
+        """The interval starts again now (a minute interval; steps count from 0 anyway)."""
+        self.last = time.monotonic()
+
 
 @dataclass
 class TrainMeter:
@@ -296,7 +300,9 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
         step, rows = saved.progress["step"], saved.progress["rows"]
         perm = saved.tensors["order.perm"].to(device)
         meter = TrainMeter(*(saved.tensors[f"meter.{k}"].to(device) for k in ("loss_sum", "correct", "rows")))
-        if scaler is not None:
+        if not world.main:  # the checkpoint holds every process's running sums, summed: rank 0 keeps them
+            meter = TrainMeter.zeros(device)
+        if scaler is not None and "scaler" in saved.progress:
             scaler.load_state_dict(saved.progress["scaler"])
         attempts[:-1] = saved.progress.get("attempts", [])  # none in checkpoints of kdcli < 0.5
         attempts[-1].update(first_step=step, last_step=step)
@@ -315,8 +321,9 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
 
     def checkpoint(outcome: str) -> None:
         attempts[-1].update(ended=now_iso(), last_step=step, outcome=outcome)
-        tensors = {"order.perm": perm, "meter.loss_sum": meter.loss_sum, "meter.correct": meter.correct,
-                   "meter.rows": meter.rows}
+        sums = [meter.loss_sum.clone(), meter.correct.clone(), meter.rows.clone()]
+        distributed.sum_(sums)  # every process's running train metrics (training goes on with its own)
+        tensors = {"order.perm": perm, **{f"meter.{k}": t for k, t in zip(("loss_sum", "correct", "rows"), sums)}}
         if world.distributed:  # every process's global RNG stream (dropout), kept by rank 0
             states = distributed.gather_objects(
                 {"torch": torch.get_rng_state(),
@@ -357,7 +364,7 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 logits = net(xb)
-            loss = objective(logits, xb, yb, pos)  # float32 accumulation whatever the logits' dtype
+            loss = objective(logits if autocast is None else logits.float(), xb, yb, pos)  # a float32 loss
             optimizer.zero_grad(set_to_none=True)
             # DDP averages the processes' gradients: weighted, that is the global batch's mean
             if weight is None:
@@ -383,6 +390,10 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
             evaluate_now, checkpoint_now, stopping = distributed.any_of(
                 [step == total or evals.due(step), step < total and checkpoints.due(step),
                  stop.signum is not None], device)  # every process decides alike
+            if evaluate_now:  # a minute interval restarts in every process, not only where it fired
+                evals.restart()
+            if checkpoint_now:
+                checkpoints.restart()
             if evaluate_now:
                 distributed.sum_([meter.loss_sum, meter.correct, meter.rows])
                 row = meter.metrics_row(step, per_epoch, lr, evaluator(model) if world.main else {})
@@ -393,6 +404,7 @@ def fit(cfg: TrainConfig, model: torch.nn.Module, train: Split, evaluator: Evalu
             if step < total and (checkpoint_now or stopping):
                 checkpoint(f"stopped ({name})" if stopping else "killed after its last checkpoint")
             if step < total and stopping:
+                distributed.barrier()  # rank 0 has written the checkpoint before any process exits
                 raise Stopped(f"{name} at step {step} of {total}; a checkpoint is saved in "
                               f"{run_dir}: run the same command with --resume to continue",
                               stop.signum or signal.SIGTERM)
