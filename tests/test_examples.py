@@ -67,7 +67,8 @@ def test_cifar10_smoke(tmp_path):
     data = SHARED_DATA / "cifar10-jpeg"
     if not (data / "train.parquet").is_file():
         pytest.skip(f"{data} is absent (the real CIFAR-10 JPEG copy lives beside the project)")
-    run_example("cifar10.sh", tmp_path, "--smoke", DATA_DIR=str(data), TEACHER_STEPS="2", STUDENT_STEPS="2")
+    run_example("cifar10.sh", tmp_path, "--smoke", DATA_DIR=str(data), TEACHER_STEPS="2", STUDENT_STEPS="2",
+                KAPPAS="0.01 1", SEEDS="0 1")
     rows = report_rows(tmp_path / "out-smoke")
     assert [r["kappa"] for r in rows] == [0.01, 1.0] and {r["pairs"] for r in rows} == {2}
     saved = json.loads((tmp_path / "out-smoke" / "report" / "report.json").read_text())
