@@ -68,6 +68,18 @@ def fields_with_role(cls, *roles: str) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("role") in roles]
 
 
+def field_defaults(cls) -> dict:
+    """Each field's default (a factory's value too); a field without one is left out. A setting a
+    saved run does not record predates it: it ran at this default."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def without_overridden(settings: dict) -> dict:
     """Settings less those another one overrides: --steps overrides --epochs."""
     if settings.get("steps") is not None:

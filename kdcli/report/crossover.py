@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from kdcli.report.stats import nanmean
+
 BELOW, CROSSED, NOT_REACHED = "below the grid", "crossed", "not reached"
 
 
@@ -36,10 +38,6 @@ def crossing(kappas: list[float], pis: list[float]) -> tuple[str, float]:
     return NOT_REACHED, math.inf
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
 def kappa_star(pi_by_kappa: dict[float, dict], resamples: int = 2000, seed: int = 0) -> dict | None:
     """κ* of one arm from its pairs' PI, `pi_by_kappa[κ][seed] = PI`: the point estimate from
     every pair; the interval from the seeds present at every κ (needs two), so with uneven seeds
@@ -50,7 +48,7 @@ def kappa_star(pi_by_kappa: dict[float, dict], resamples: int = 2000, seed: int 
     if len(pi_by_kappa) < 2:
         return None
     kappas = sorted(pi_by_kappa)
-    status, x = crossing(kappas, [_mean(list(pi_by_kappa[k].values())) for k in kappas])
+    status, x = crossing(kappas, [nanmean(list(pi_by_kappa[k].values())) for k in kappas])
     common = sorted(set.intersection(*(set(pi_by_kappa[k]) for k in kappas)), key=str)
     out = {"kappa_star": math.exp(x) if status == CROSSED else None, "status": status,
            "kappa_star_lo": None, "lo_status": None, "kappa_star_hi": None, "hi_status": None,

@@ -10,12 +10,11 @@ duplicates are reported, never dropped silently or counted twice.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from kdcli.config import DistillConfig, fields_with_role, without_overridden
+from kdcli.config import DistillConfig, field_defaults, fields_with_role, without_overridden
 
 # The pairing key's settings: those that change the trained weights (kdcli/config.py roles);
 # the arm's loss settings, inputs (compared through fingerprint, model, teacher id) and how a
@@ -23,20 +22,14 @@ from kdcli.config import DistillConfig, fields_with_role, without_overridden
 PAIRING = fields_with_role(DistillConfig, "training")
 
 
-def _default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-
-
 # A setting a run does not record predates it: it ran at the default (e.g. precision fp32).
-DEFAULTS = {f.name: _default(f) for f in dataclasses.fields(DistillConfig) if f.name in PAIRING}
+DEFAULTS = {k: v for k, v in field_defaults(DistillConfig).items() if k in PAIRING}
 
 
 def setting(run: dict) -> dict:
     """The config fields a pair shares, besides dataset, teacher and model."""
-    return without_overridden({k: run["config"].get(k, DEFAULTS[k]) for k in PAIRING
-                               if k in run["config"] or DEFAULTS[k] is not None})
+    return without_overridden({k: run["config"].get(k, DEFAULTS.get(k)) for k in PAIRING
+                               if k in run["config"] or DEFAULTS.get(k) is not None})
 
 
 def pair_key(run: dict) -> tuple:

@@ -25,12 +25,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _label(row: dict, models: set) -> str:
+    """A curve's name: its arm, prefixed by the model when several are plotted."""
+    return row["arm"] if len(models) == 1 else f"{row['model']}: {row['arm']}"
+
+
 def _lines(rows: list[dict]) -> dict[str, list[dict]]:
     models = {r["model"] for r in rows}
     lines = defaultdict(list)
     for r in rows:
-        label = r["arm"] if len(models) == 1 else f"{r['model']}: {r['arm']}"
-        lines[label].append(r)
+        lines[_label(r, models)].append(r)
     return {k: sorted(v, key=lambda r: r["kappa"]) for k, v in lines.items()}
 
 
@@ -99,7 +103,7 @@ def pi_vs_kappa(rows: list[dict], path: Path, kappa_star: list[dict] = ()) -> Pa
     for k in kappa_star:
         if k["kappa_star"] is None:
             continue
-        label = k["arm"] if len(models) == 1 else f"{k['model']}: {k['arm']}"
+        label = _label(k, models)
         grid = [float(g) for g in k["kappas"].split()]
         edge = {"below the grid": grid[0], "not reached": grid[-1]}  # a bound off the grid: its edge
         lo = k["kappa_star_lo"] if k["lo_status"] == "crossed" else edge.get(k["lo_status"])
@@ -257,13 +261,9 @@ def bias_variance_vs_kappa(rows: list[dict], path: Path, lm: bool = False) -> Pa
               ("disagreement", "disagreement (%)\nseed pairs with different top-1")]
     fig, axes = plt.subplots(2, 2, figsize=(9.6, 7.2), sharex=True)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    models = {r["model"] for r in rows}
-    lines: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        lines[r["arm"] if len(models) == 1 else f"{r['model']}: {r['arm']}"].append(r)
+    lines = _lines(rows)
     for ax, (term, ylabel) in zip(axes.flat, panels):
         for i, (label, line) in enumerate(lines.items()):
-            line = sorted(line, key=lambda r: r["kappa"])
             k = [r["kappa"] for r in line]
             color = cycle[i % len(cycle)]
             ax.plot(k, [r[f"arm_{term}"] for r in line], marker="o", color=color, label=label)

@@ -8,7 +8,6 @@ completion marker.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import os
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdcli.config import TrainConfig
+from kdcli.config import TrainConfig, field_defaults
 from kdcli.errors import ArtifactError
 from kdcli.io import runs
 from kdcli.io.atomic import clear_temporaries, write_json
@@ -103,7 +102,7 @@ def _refuse_changes(cfg: TrainConfig, saved: dict, what: str, fix: str) -> None:
     """Settings that change the weights must be the ones the run was made with."""
     current = cfg.compared_fields()
     # A setting the saved run does not record predates it: it ran at the default (--precision fp32).
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    defaults = field_defaults(type(cfg))
     changed = sorted(k for k, v in current.items() if _where(k, saved.get(k, defaults.get(k, v))) != _where(k, v))
     if changed:
         raise ArtifactError(f"{what} ({', '.join(changed)}); {fix}")
