@@ -133,3 +133,32 @@ def test_unknown_torchvision_model_arg_is_a_config_error():
     args = resolve_model_args("tv:resnet18", 10, (3, 32, 32), {"no_such_arg": 1})
     with pytest.raises(ConfigError, match="no_such_arg"):
         build_model("tv:resnet18", **args)
+
+
+@pytest.mark.parametrize("shape,patches", [((1, 40), 10), ((3, 32, 32), 64)])
+def test_vit_patches_signals_and_images(shape, patches):
+    """The ViT student takes MNIST-1D signals and CIFAR-10 images: one token per patch."""
+    torch.manual_seed(0)
+    model = build_model("vit", **resolve_model_args("vit", NUM_CLASSES, shape, {"dim": 16, "depth": 2}))
+    assert model.features.pos.shape == (1, patches, 16)
+    x = torch.randn(BATCH, *shape)
+    assert model(x).shape == (BATCH, NUM_CLASSES)
+    assert model.features(x).shape == (BATCH, 16)
+
+
+def test_vit_attention_is_bidirectional():
+    """Unlike the GPT blocks it borrows, the first patch's state depends on the last patch."""
+    torch.manual_seed(0)
+    encoder = build_model("vit", **resolve_model_args("vit", NUM_CLASSES, (1, 40), {"dim": 16, "depth": 1})).features
+    x = torch.randn(1, 1, 40)
+    y = x.clone()
+    y[..., -4:] += 1.0  # only the last patch changes
+    first = [encoder.blocks(encoder.embed(v).flatten(2).transpose(1, 2) + encoder.pos)[:, 0] for v in (x, y)]
+    assert (first[0] - first[1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("args,match", [({"patch": 3}, "patch=3 must divide"),
+                                        ({"dim": 10, "heads": 4}, "multiple of heads")])
+def test_vit_bad_arguments_are_named(args, match):
+    with pytest.raises(ConfigError, match=match):
+        build_model("vit", **resolve_model_args("vit", NUM_CLASSES, (1, 40), args))

@@ -29,7 +29,12 @@ CORR_NOISE_SCALE = 0.25
 IID_NOISE_SCALE = 2e-2
 SHEAR_SCALE = 0.75
 FINAL_LEN = 40
+WIDTH = TEMPLATE_LEN + PADDING[1]  # points before the final resampling
 STREAMS = {"train": 0, "test": 1}
+# The distribution's knobs, as `mnist1d` dataset arguments (a shifted distribution: noisier,
+# wider translations, ...); the defaults are the reference's constants above.
+SHIFTS = {"corr_noise": CORR_NOISE_SCALE, "iid_noise": IID_NOISE_SCALE, "max_translation": MAX_TRANSLATION,
+          "scale_coeff": SCALE_COEFF, "shear": SHEAR_SCALE}
 
 # The reference standardises each generated dataset by its own mean and std, which
 # would make sample i depend on how many samples were drawn. We standardise with
@@ -79,26 +84,29 @@ def _gaussian_filter_sigma2(x: np.ndarray) -> np.ndarray:
     return windows @ kernel
 
 
-def generate_block(seed: int, stream: str, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """BLOCK standardised samples [BLOCK, 40] float32 and labels [BLOCK] int64."""
+def generate_block(seed: int, stream: str, block: int, **shifts) -> tuple[np.ndarray, np.ndarray]:
+    """BLOCK standardised samples [BLOCK, 40] float32 and labels [BLOCK] int64; `shifts` override
+    SHIFTS (the random draws stay the same, only their scales change). Samples of a shifted
+    distribution are standardised with the default one's moments, so the shift is not undone."""
+    s = {**SHIFTS, **shifts}
     rng = np.random.default_rng([seed, STREAMS[stream], block])
     n = BLOCK
     y = np.repeat(np.arange(NUM_CLASSES), n // NUM_CLASSES)
-    width = TEMPLATE_LEN + PADDING[1]
+    width = WIDTH
 
     # pad: template + eps followed by p zeros, p uniform in [36, 60]
     pad = PADDING[0] + (rng.random(n) * (PADDING[1] - PADDING[0] + 1)).astype(np.int64)
     x = np.zeros((n, width))
     x[:, :TEMPLATE_LEN] = templates()[y] + 1e-8
     x = _resample(x, TEMPLATE_LEN + pad, width)  # dilate to 72 points
-    x *= 1 + SCALE_COEFF * (rng.random(n)[:, None] - 0.5)
-    shift = rng.integers(0, MAX_TRANSLATION, n)
+    x *= 1 + s["scale_coeff"] * (rng.random(n)[:, None] - 0.5)
+    shift = rng.integers(0, s["max_translation"], n)
     x = x[np.arange(n)[:, None], (np.arange(width)[None, :] - shift[:, None]) % width]
 
-    corr = _gaussian_filter_sigma2(CORR_NOISE_SCALE * rng.standard_normal((n, width)))
+    corr = _gaussian_filter_sigma2(s["corr_noise"] * rng.standard_normal((n, width)))
     x = np.where(x != 0, x, corr)
-    x = x + IID_NOISE_SCALE * rng.standard_normal((n, width))
-    coeff = SHEAR_SCALE * (rng.random(n)[:, None] - 0.5)
+    x = x + s["iid_noise"] * rng.standard_normal((n, width))
+    coeff = s["shear"] * (rng.random(n)[:, None] - 0.5)
     x = x - coeff * np.linspace(-0.5, 0.5, width)[None, :]
     x = _resample(x, np.full(n, width), FINAL_LEN)
 
@@ -107,12 +115,12 @@ def generate_block(seed: int, stream: str, block: int) -> tuple[np.ndarray, np.n
     return x.astype(np.float32), y[order].astype(np.int64)
 
 
-def generate(seed: int, stream: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Samples start..stop-1 of a stream."""
+def generate(seed: int, stream: str, start: int, stop: int, **shifts) -> tuple[np.ndarray, np.ndarray]:
+    """Samples start..stop-1 of a stream (of the distribution `shifts` sets, generate_block)."""
     if stop <= start:
         return np.empty((0, FINAL_LEN), np.float32), np.empty(0, np.int64)
     first, last = start // BLOCK, (stop - 1) // BLOCK
-    blocks = [generate_block(seed, stream, b) for b in range(first, last + 1)]
+    blocks = [generate_block(seed, stream, b, **shifts) for b in range(first, last + 1)]
     x = np.concatenate([b[0] for b in blocks])
     y = np.concatenate([b[1] for b in blocks])
     offset = first * BLOCK

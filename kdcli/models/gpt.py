@@ -40,11 +40,13 @@ from kdcli.models.zoo import Classifier
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention in which position t attends to positions ≤ t only."""
+    """Multi-head self-attention in which position t attends to positions ≤ t only (to every
+    position with causal=False: the ViT student, kdcli/models/vit.py)."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, causal: bool = True):
         super().__init__()
         self.n_head = n_head
+        self.causal = causal
         self.dropout = dropout  # on the attention weights, in training only
         self.qkv = nn.Linear(n_embd, 3 * n_embd)  # queries, keys and values of all heads at once
         self.proj = nn.Linear(n_embd, n_embd)  # writes into the residual stream
@@ -57,7 +59,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         # softmax(q·kᵀ/√head_dim + causal mask)·v, by PyTorch's fused kernel.
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_drop(self.proj(y))
 
@@ -78,10 +80,10 @@ class Block(nn.Module):
     """Pre-norm transformer block: each sublayer reads a normalised copy of the residual stream
     and adds its output back to it."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, causal: bool = True):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, causal)
         self.ln_2 = nn.LayerNorm(n_embd)
         self.mlp = MLP(n_embd, dropout)
 

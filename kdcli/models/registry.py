@@ -26,7 +26,7 @@ def register_model(name: str):
 
 
 def model_names() -> list[str]:
-    from kdcli.models import gpt, zoo  # noqa: F401  (registers the built-in models)
+    from kdcli.models import gpt, vit, zoo  # noqa: F401  (registers the built-in models)
 
     return sorted(MODELS)
 
