@@ -11,7 +11,7 @@
 OUT=${OUT:-runs/teacher_quality}
 source "$(dirname "$0")/_common.sh"
 ROOT=${OUT%/}
-TEACHER_EPOCHS_LIST=${TEACHER_EPOCHS_LIST:-"1 2 5 40"}
+TEACHER_EPOCHS_LIST=${TEACHER_EPOCHS_LIST:-"1 2 5 10 40"}
 
 for epochs in $TEACHER_EPOCHS_LIST; do
   # one teacher per epoch budget, its logits, its students and their twins under ROOT/e<epochs>

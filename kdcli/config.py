@@ -124,6 +124,12 @@ class TrainConfig:
     logits: str | None = setting(
         None, "Teacher logits file from dump-logits (its metadata names the teacher and dataset).",
         "input", stages=STUDENT_STAGES)
+    cross_dataset: bool = setting(
+        False, "Distil from a teacher trained on another dataset of the same classes and input shape "
+               "(e.g. MNIST-1D with other generator arguments): the student's data come from --dataset "
+               "and --dataset-arg, κ from their pool; both datasets' fingerprints go into run.json. "
+               "Needs --teacher (online); never --logits.", "input", flag="--cross-dataset",
+        stages=STUDENT_STAGES)
     kappa: float = setting(1.0, "Fraction of the teacher's n_T to train on (>1: fresh samples).",
                            "training", stages=STUDENT_STAGES)
     subset_seed: int = setting(0, "Seed of the nested κ subset order (stratified by class).",
@@ -204,6 +210,9 @@ class TrainConfig:
         if self.eval_every is not None:
             parse_interval(self.eval_every, "--eval-every")
         parse_interval(self.checkpoint_every, "--checkpoint-every")
+        if self.cross_dataset and (self.teacher is None or self.logits is not None):
+            raise ConfigError("--cross-dataset: needs --teacher and no --logits (the teacher runs online on the "
+                              "student's data; a logits file holds its outputs on its own dataset's rows)")
         if self.stage == "train-teacher":
             need(self.kappa == 1.0, "--kappa", "1 for a teacher (it trains on the whole pool)", self.kappa)
             need(self.teacher is None, "--teacher", "no teacher for train-teacher", self.teacher)
@@ -351,3 +360,50 @@ class CKAConfig:
         """The fields that determine the values (an existing --out with the same ones is reused)."""
         d = {k: getattr(self, k) for k in fields_with_role(CKAConfig, "training")}
         return json.loads(json.dumps(d))  # tuples as lists, as they come back from the file
+
+
+COLLAPSE_SPLITS = ("seen", "train", "test")
+
+
+@dataclass(frozen=True)
+class CollapseConfig:
+    """Everything that determines a `collapse` result. Settings of role `training` determine the
+    values (an existing --out with the same ones and the same runs is reused)."""
+
+    runs: tuple[str, ...] = setting((), role="input", cli=False)
+    out: str = setting(None, "Parquet file to write (one row per run and split).", "run", flag="--out/-o",
+                       required=True)
+    splits: tuple[str, ...] = setting(
+        ("seen", "test"), "seen (the samples the run trained on: its κ subset), train (the whole pool) "
+                          "or test; repeatable or comma-separated.", "training", flag="--split")
+    max_samples: int | None = setting(
+        None, "Use a seeded random subset of this many samples of each split (default: all).", "training")
+    seed: int = setting(0, "Seed of the --max-samples draw.", "training")
+    batch_size: int = setting(1024, "Inference batch size.", "run")
+    data_dir: str | None = setting(None, "Folder holding the dataset's files (never downloaded).", "run")
+    device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", "run")
+    threads: int | None = setting(
+        None, "CPU threads; default what slurm gave the task ($SLURM_CPUS_PER_TASK, else "
+              "$SLURM_CPUS_ON_NODE), else 1.", "run")
+    overwrite: bool = setting(False, "Replace an existing --out.", "run", flag="--overwrite")
+
+    def __post_init__(self):
+        from pathlib import Path
+
+        object.__setattr__(self, "splits", tuple(dict.fromkeys(self.splits)))
+        need(self.out is not None and str(self.out).endswith(".parquet"), "--out",
+             "a .parquet file name (e.g. --out collapse.parquet)", self.out)
+        need(len(self.runs) > 0, "RUN", "at least one run directory", "(none)")
+        need(len(self.splits) > 0, "--split", "at least one split", "(none)")
+        for s in self.splits:
+            need(s in COLLAPSE_SPLITS, "--split", " / ".join(COLLAPSE_SPLITS), s)
+        need(self.max_samples is None or self.max_samples >= 2, "--max-samples", "at least 2", self.max_samples)
+        need(self.batch_size >= 1, "--batch-size", "an integer ≥ 1", self.batch_size)
+        need(self.threads is None or self.threads >= 1, "--threads", "an integer ≥ 1", self.threads)
+        if Path(self.out).is_dir():
+            raise ConfigError(f"--out {self.out}: is a directory; give a file name such as collapse.parquet")
+
+    def settings(self) -> dict:
+        """The fields that determine the values (an existing --out with the same ones is reused)."""
+        d = {k: getattr(self, k) for k in fields_with_role(CollapseConfig, "training")}
+        return json.loads(json.dumps(d))

@@ -41,7 +41,8 @@ class TeacherSource:
     def record(self) -> dict:
         """What run.json stores about the teacher."""
         return {"run_id": self.run_id, "dir": self.dir, "model_sha256": self.model_sha256,
-                "logits": self.logits, "logits_sha256": self.logits_sha256}
+                "logits": self.logits, "logits_sha256": self.logits_sha256,
+                "dataset_fingerprint": self.dataset["fingerprint"]}
 
     def inputs(self) -> dict:
         """The sha256 of the input artifacts, as every output's metadata records them."""

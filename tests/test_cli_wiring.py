@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from kdcli.cli import build
 from kdcli.cli.main import app
-from kdcli.config import CKAConfig, DistillConfig, DumpConfig, TrainConfig
+from kdcli.config import CKAConfig, CollapseConfig, DistillConfig, DumpConfig, TrainConfig
 
 
 class Captured(Exception):
@@ -29,6 +29,7 @@ COMMANDS = {  # command: (config class, stage, the module whose run() is replace
     "distill": (DistillConfig, "distill", "distill", ["--out", "R", "--teacher", "T"]),
     "dump-logits": (DumpConfig, None, "dump_logits", ["--teacher", "T", "--out", "l.parquet"]),
     "cka": (CKAConfig, None, "cka", ["A", "B", "--out", "c.parquet"]),
+    "collapse": (CollapseConfig, None, "collapse", ["A", "--out", "c.parquet"]),
 }
 
 # One non-default value per option: the arguments typed, and the value the config must hold.
@@ -59,6 +60,7 @@ VALUES = {
     "augment": (["--augment"], True),
     "precision": (["--precision", "bf16"], "bf16"),
     "compile": (["--compile"], True),
+    "cross_dataset": (["--cross-dataset"], True),
     "eval_every": (["--eval-every", "250"], "250"),
     "checkpoint_every": (["--checkpoint-every", "5m"], "5m"),
     "eval_batch_size": (["--eval-batch-size", "64"], 64),
@@ -82,9 +84,13 @@ VALUES = {
     "estimators": (["-e", "rbf", "--estimator", "minibatch"], ("rbf", "minibatch")),
     "rbf_sigma": (["--rbf-sigma", "0.5"], 0.5),
     "bootstrap": (["--bootstrap", "10"], 10),
+    # collapse
+    "splits": (["--split", "seen,train", "--split", "test"], ("seen", "train", "test")),
 }
 # Per command, a value its base arguments would otherwise clash with.
-OVERRIDES = {("dump-logits", "out"): (["--out", "other.parquet"], "other.parquet")}
+OVERRIDES = {("dump-logits", "out"): (["--out", "other.parquet"], "other.parquet"),
+             ("collapse", "out"): (["--out", "other.parquet"], "other.parquet"),
+             ("train-labels", "cross_dataset"): (["--cross-dataset", "--teacher", "T"], True)}
 
 
 def invoke(monkeypatch, command: str, args: list[str]):
@@ -108,7 +114,8 @@ def test_defaults_are_the_configs(command, monkeypatch):
     cfg = invoke(monkeypatch, command, base)
     given = {"train-teacher": dict(out="R", stage=stage), "train-labels": dict(out="R", stage=stage),
              "distill": dict(out="R", teacher="T"), "dump-logits": dict(teacher="T", out="l.parquet"),
-             "cka": dict(run_a="A", run_b="B", out="c.parquet")}[command]
+             "cka": dict(run_a="A", run_b="B", out="c.parquet"),
+             "collapse": dict(runs=("A",), out="c.parquet")}[command]
     assert cfg == cls(**given)
     # and every option's declared default is the field's (a repeatable option's None: the field's)
     fields = {f.name: f for f in dataclasses.fields(cls)}

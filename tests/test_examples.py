@@ -108,3 +108,53 @@ def test_cka_alignment(tmp_path):
         ("kd τ=4 α=1", "linear"), ("kd τ=4 α=1", "debiased"), ("labels", "linear"), ("labels", "debiased")}
     assert all(0 <= r["cka"] <= 1 for r in cka if r["estimator"] == "linear")
     assert (tmp_path / "out" / "report" / "cka_vs_kappa.png").is_file()
+
+
+@pytest.mark.slow
+def test_teacher_quality(tmp_path):
+    """Two teachers of different epoch budgets: a κ* row each with its teacher's accuracy, and
+    the κ*-vs-teacher plot."""
+    run_example("teacher_quality.sh", tmp_path, TEACHER_EPOCHS_LIST="1 2", KAPPAS="0.1 1", SEEDS="0 1")
+    saved = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    stars = saved["kappa_star"]
+    assert len(stars) == 2 and len({r["teacher"] for r in stars}) == 2
+    teachers = {r["teacher"]: r["teacher_metric"] for r in saved["pi_vs_kappa"]}
+    assert {r["teacher"]: r["teacher_metric"] for r in stars} == teachers
+    assert (tmp_path / "out" / "report" / "kappa_star_vs_teacher.png").is_file()
+
+
+@pytest.mark.slow
+def test_student_capacity(tmp_path):
+    """Students of two widths and the ViT student, each with its twins and κ* row."""
+    run_example("student_capacity.sh", tmp_path, STUDENTS="cnn1d:channels=2 cnn1d:channels=4 vit:dim=8,depth=1",
+                KAPPAS="0.1 1", SEEDS="0 1")
+    saved = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert {r["model"] for r in saved["kappa_star"]} == {"cnn1d channels=2", "cnn1d channels=4", "vit"}
+    sizes = {r["model"]: r["student_parameters"] for r in saved["kappa_star"]}
+    assert sizes["cnn1d channels=2"] < sizes["cnn1d channels=4"]
+    assert (tmp_path / "out" / "report" / "kappa_star_vs_student.png").is_file()
+
+
+@pytest.mark.slow
+def test_cross_distribution(tmp_path):
+    """Students of the shifted data with their own teacher and, online, the reference one."""
+    run_example("cross_distribution.sh", tmp_path, KAPPAS="0.1 1")
+    out = tmp_path / "out"
+    rows = report_rows(out)
+    assert {r["arm"] for r in rows} == {"kd τ=4 α=1", "kd τ=4 α=1 online cross-dataset"}
+    cross = json.loads((out / "cross" / "kd" / "tau4" / "k0.1" / "s0" / "run.json").read_text())
+    source = json.loads((out / "source" / "teacher" / "run.json").read_text())
+    target = json.loads((out / "target" / "teacher" / "run.json").read_text())
+    assert cross["config"]["cross_dataset"] is True
+    assert cross["teacher"]["dataset_fingerprint"] == source["dataset"]["fingerprint"]
+    assert cross["dataset"]["fingerprint"] == target["dataset"]["fingerprint"] != source["dataset"]["fingerprint"]
+
+
+@pytest.mark.slow
+def test_neural_collapse(tmp_path):
+    run_example("neural_collapse.sh", tmp_path, KAPPAS="0.1 1", SEEDS="0 1")
+    saved = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    rows = saved["collapse"]
+    assert {(r["split"], r["kappa"]) for r in rows} == {(s, k) for s in ("seen", "test") for k in (0.1, 1.0)}
+    assert all(r["pairs"] == 2 for r in rows)
+    assert (tmp_path / "out" / "report" / "collapse_vs_kappa.png").is_file()

@@ -121,7 +121,7 @@ def test_unpaired_duplicates_incomplete_and_mismatched_settings(tmp_path):
     # damaged files are listed with the reason, never skipped without a word
     ((bad, why),) = res.scan.damaged
     assert bad == str(tmp_path / "bad") and "unreadable run.json" in why
-    ((cka, why),) = res.damaged_cka
+    ((cka, why),) = res.damaged_files
     assert cka == str(tmp_path / "cka_broken.parquet") and "not a readable Parquet file" in why
 
 

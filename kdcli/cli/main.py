@@ -32,7 +32,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from kdcli.cli import cka, report, train  # noqa: F401  (they define the commands on `app`)
+    from kdcli.cli import cka, collapse, report, train  # noqa: F401  (they define the commands on `app`)
 
 
 _register()

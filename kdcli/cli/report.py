@@ -94,6 +94,10 @@ def report_cmd(
         if part.kappa_star_rows:
             tables.append(("Crossover κ* (where PI falls to 0)", *report.kappa_star_table(part),
                            report.KAPPA_STAR_LEGEND))
+        splits = list(dict.fromkeys(r["split"] for r in part.collapse_rows))
+        for i, split in enumerate(splits):
+            tables.append((f"Neural collapse vs κ, {split} split", *report.collapse_table(part, split),
+                           report.COLLAPSE_LEGEND if i == len(splits) - 1 else None))
         for title, cols, cells, legend in tables:
             t = Table(title=f"{lm}{title}", header_style="bold", caption=legend)
             for name in cols:
@@ -121,7 +125,7 @@ def report_cmd(
                         ("incomplete (no run.json)", result.scan.incomplete)):
         for d in dirs:
             err_console.print(f"{label}: {d}")
-    for _path, why in result.scan.damaged + result.damaged_cka:
+    for _path, why in result.scan.damaged + result.damaged_files:
         err_console.print(f"damaged, not counted: {why}", highlight=False, soft_wrap=True)
     if result.written:
         console.print(f"wrote {len(result.written)} files to {out}")

@@ -170,6 +170,21 @@ def read_run(path: str | Path, *, flag: str = "--teacher", verify: bool = True) 
     return run
 
 
+def check_teacher_link(run: dict, where) -> None:
+    """A student's data and its teacher's (run.json `dataset.fingerprint` and
+    `teacher.dataset_fingerprint`) are the same dataset unless the run was made with
+    --cross-dataset, and then they differ; runs made before the teacher's fingerprint was
+    recorded pass."""
+    recorded = (run.get("teacher") or {}).get("dataset_fingerprint")
+    if recorded is None:
+        return
+    cross = bool(run["config"].get("cross_dataset"))
+    if (recorded != run["dataset"]["fingerprint"]) != cross:
+        what = ("says --cross-dataset, but its teacher was trained on the same dataset" if cross else
+                "has a teacher trained on another dataset, but was not made with --cross-dataset")
+        raise ArtifactError(f"run {where}: {RUN_JSON} {what} (edited or damaged)")
+
+
 @dataclass
 class Found:
     """What `scan` found under a root."""
@@ -178,11 +193,12 @@ class Found:
     incomplete: list[str] = field(default_factory=list)  # run dirs without run.json
     damaged: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of runs not read
     cka_files: list[str] = field(default_factory=list)
+    collapse_files: list[str] = field(default_factory=list)
 
 
 def scan(root: str | Path, verify: str = "size") -> Found:
     """Every completed run under root (recursively), run dirs that have no run.json, run dirs
-    that are damaged (listed with the reason, never skipped silently), and CKA files. Reads
+    that are damaged (listed with the reason, never skipped silently), and CKA and collapse files. Reads
     run.json files and, by default, checks each artifact's presence and size (`verify`: see
     `inspect`), so it stays fast on thousands of runs; `hash` reads every file."""
     found = Found()
@@ -191,6 +207,7 @@ def scan(root: str | Path, verify: str = "size") -> Found:
             try:
                 run = load_run_json(dirpath, "run")
                 verify_artifacts(dirpath, run, verify, "run")
+                check_teacher_link(run, dirpath)
                 found.runs.append(run)
             except ArtifactError as exc:
                 found.damaged.append((dirpath, str(exc)))
@@ -198,4 +215,6 @@ def scan(root: str | Path, verify: str = "size") -> Found:
             found.incomplete.append(dirpath)
         found.cka_files += [os.path.join(dirpath, f) for f in files
                             if f.endswith(".parquet") and f.startswith("cka")]
+        found.collapse_files += [os.path.join(dirpath, f) for f in files
+                                 if f.endswith(".parquet") and f.startswith("collapse")]
     return found

@@ -84,6 +84,7 @@ class LayerHooks:
         self.shapes: dict[str, tuple[int, ...] | None] = {}
         self.calls: dict[str, int] = {}
         self.handles = []
+        self.output: torch.Tensor | None = None
 
     def __enter__(self) -> LayerHooks:
         modules = dict(self.model.named_modules())
@@ -126,7 +127,7 @@ class LayerHooks:
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.out.clear()
         self.calls.clear()
-        self.model(x)
+        self.output = self.model(x)  # the model's own output (collapse reads its predictions)
         for name in self.names:
             calls = self.calls.get(name, 0)
             if calls != 1:

@@ -47,6 +47,8 @@ def arm(run: dict) -> str | None:
         name = f"kd τ={kd['tau']:g} α={kd['alpha']:g}" + (f" ε={ls:g}" if ls else "")
         if kd.get("mode") == "online":
             name += " online"
+        if run["config"].get("cross_dataset"):
+            name += " cross-dataset"
         if kd.get("topk"):
             name += f" top-{kd['topk']}" + (" bucket" if kd.get("topk_tail") == "bucket" else "")
         return name

@@ -280,3 +280,115 @@ def bias_variance_vs_kappa(rows: list[dict], path: Path, lm: bool = False) -> Pa
                  f"({'/'.join(map(str, seeds))} seeds; solid: arm, dashed: labels)")
     fig.tight_layout()
     return _save(fig, path)
+
+
+COLLAPSE_PANELS = (("nc1", "NC1 = tr(Σ_W Σ_B⁺)/C", True), ("nc2_etf", "NC2: distance to the simplex ETF", False),
+                   ("nc3", "NC3: ‖W/‖W‖ − M/‖M‖‖²", False), ("nc4", "NC4: NCC ≠ network (share)", False))
+
+
+def collapse_vs_kappa(rows: list[dict], path: Path, cka_rows: list[dict] = ()) -> Path:
+    """Collapse rows (kdcli.report.collapse) vs κ: NC1–NC4, one colour per arm and split, the
+    arm solid and its label twins dashed; with CKA rows, the CKA with the teacher beside them."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 5 if cka_rows else 4, figsize=(19 if cka_rows else 15.5, 3.9))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lines: dict[str, list[dict]] = {}
+    for label, line in _lines(rows).items():
+        for split in dict.fromkeys(r["split"] for r in line):
+            lines[f"{label} ({split})"] = [r for r in line if r["split"] == split]
+    for ax, (key, title, log) in zip(axes, COLLAPSE_PANELS):
+        for i, (label, line) in enumerate(lines.items()):
+            k = [r["kappa"] for r in line]
+            color = cycle[i % len(cycle)]
+            ax.plot(k, [r[f"arm_{key}"] for r in line], marker="o", color=color, label=label)
+            ax.plot(k, [r[f"labels_{key}"] for r in line], marker="s", linestyle="--", color=color,
+                    label=f"{label}: label twins")
+        ax.set_xscale("log")
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("κ")
+        _one_kappa_axis(ax, rows)
+    if cka_rows:
+        ax = axes[-1]
+        cka = defaultdict(list)
+        for r in cka_rows:
+            cka[f"{r['arm']} ({r['estimator']})"].append((r["kappa"], r["cka"]))
+        for label, pts in sorted(cka.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_title("CKA with the teacher", fontsize=10)
+        ax.set_xlabel("κ")
+        ax.legend(fontsize=7)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Neural collapse of the penultimate features vs κ (0 = collapsed; solid: arm, dashed: its "
+                 "label twins; means over paired seeds)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def kappa_star_lines(rows: list[dict], against: str) -> dict[str, list[dict]]:
+    """κ* rows as lines against the teacher's accuracy (one line per arm and student model, where
+    it has two teachers or more) or the student's size (per arm and teacher, where it has two
+    student models or more); {} when there is nothing to draw."""
+    lines: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        key = (r["arm"], r["model"]) if against == "teacher" else (r["arm"], r["teacher"])
+        lines[key].append(r)
+    x = "teacher_metric" if against == "teacher" else "student_parameters"
+    kept = {}
+    for (arm, other), line in lines.items():
+        line = [r for r in line if r[x] is not None and not math.isnan(r[x])]
+        if len({r["teacher" if against == "teacher" else "model"] for r in line}) < 2:
+            continue
+        label = f"{arm}, student {other}" if against == "teacher" else f"{arm}, teacher {other[:8]}"
+        kept[label] = sorted(line, key=lambda r: r[x])
+    return kept
+
+
+def kappa_star_vs(rows: list[dict], against: str, path: Path, lm: bool = False) -> Path:
+    """κ* (with its 95% interval; 'not reached' drawn as a triangle above the grid, 'below the
+    grid' under it) and the peak PI (with its interval) against the teacher's accuracy or the
+    student's parameter count."""
+    plt = _pyplot()
+    x = "teacher_metric" if against == "teacher" else "student_parameters"
+    xlabel = ("teacher test CE (nats)" if lm else "teacher test accuracy") if against == "teacher" \
+        else "student parameters"
+    lines = kappa_star_lines(rows, against)
+    grid = sorted({float(k) for r in rows for k in r["kappas"].split()})
+    top, bottom = grid[-1] * 1.6, grid[0] / 1.6
+    fig, (ax_k, ax_p) = plt.subplots(1, 2, figsize=(12, 4.4))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, line) in enumerate(lines.items()):
+        color = cycle[i % len(cycle)]
+        xs = [r[x] for r in line]
+        edge = {"crossed": None, "not reached": top, "below the grid": bottom}
+        ys = [r["kappa_star"] if r["status"] == "crossed" else edge[r["status"]] for r in line]
+        ax_k.plot(xs, ys, color=color, label=label, linestyle=":")
+        for xi, yi, r in zip(xs, ys, line):
+            lo = r["kappa_star_lo"] if r["lo_status"] == "crossed" else edge.get(r["lo_status"]) or yi
+            hi = r["kappa_star_hi"] if r["hi_status"] == "crossed" else edge.get(r["hi_status"]) or yi
+            marker = "o" if r["status"] == "crossed" else ("^" if r["status"] == "not reached" else "v")
+            ax_k.errorbar([xi], [yi], yerr=[[max(0.0, yi - lo)], [max(0.0, hi - yi)]], color=color,
+                          marker=marker, capsize=3, fillstyle="full" if r["status"] == "crossed" else "none")
+            if against == "student":
+                ax_k.annotate(r["model"], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        peaks = [r["peak_pi"] for r in line]
+        err = [[max(0.0, r["peak_pi"] - r["peak_pi_lo"]) if not math.isnan(r["peak_pi_lo"]) else 0.0 for r in line],
+               [max(0.0, r["peak_pi_hi"] - r["peak_pi"]) if not math.isnan(r["peak_pi_hi"]) else 0.0 for r in line]]
+        ax_p.errorbar(xs, peaks, yerr=err, color=color, marker="o", capsize=3, label=label)
+    ax_k.axhline(top, color="gray", linewidth=0.6, linestyle="--")
+    ax_k.axhline(bottom, color="gray", linewidth=0.6, linestyle="--")
+    ax_k.set_yscale("log")
+    ax_k.set_ylabel("crossover κ* (95% CI)\n▲ not reached on the grid, ▼ below it")
+    ax_p.axhline(0, color="gray", linewidth=0.6)
+    ax_p.set_ylabel("peak PI over the κ grid (95% CI)")
+    for ax in (ax_k, ax_p):
+        ax.set_xlabel(xlabel)
+        if against == "student":
+            ax.set_xscale("log")
+    ax_k.legend(fontsize=7)
+    fig.suptitle(f"κ* and peak PI against the {'teacher' if against == 'teacher' else 'student'}")
+    fig.tight_layout()
+    return _save(fig, path)

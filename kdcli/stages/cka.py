@@ -48,7 +48,7 @@ def layers(run_dir: str, device: str = "cpu", data_dir: str | None = None) -> tu
     test samples of the run's dataset."""
     run = runs.read_run(run_dir, flag="RUN")
     dataset = _dataset(run, data_dir, f"RUN {run['dir']}")
-    model = _load_model(run, "RUN", torch.device(device))
+    model = load_run_model(run, "RUN", torch.device(device))
     x = dataset.model_input(dataset.test().x[:2].to(device))
     return run, list_layers(model, x, Task.of_run(run))
 
@@ -73,8 +73,8 @@ def run(cfg: CKAConfig, progress: Progress | None = None) -> CKAResult:
     task = Task.of_run(run_a)  # what run.json says
     split, positions = _samples(cfg, dataset)
     device = use_device(cfg.device, cfg.threads)
-    model_a = _load_model(run_a, "RUN_A", device)
-    model_b = _load_model(run_b, "RUN_B", device)
+    model_a = load_run_model(run_a, "RUN_A", device)
+    model_b = load_run_model(run_b, "RUN_B", device)
     layers_a = resolve_layers(model_a, cfg.layers_a, "--layers-a", "RUN_A")
     layers_b = resolve_layers(model_b, cfg.layers_b, "--layers-b", "RUN_B")
 
@@ -140,7 +140,7 @@ def _dataset(run: dict, data_dir: str | None, where: str):
     return dataset_from_description(run["dataset"], data_dir, where)
 
 
-def _load_model(run: dict, label: str, device: torch.device) -> torch.nn.Module:
+def load_run_model(run: dict, label: str, device: torch.device) -> torch.nn.Module:
     from kdcli.io.checkpoint import load_model
 
     model, info = load_model(Path(run["dir"]) / runs.MODEL_FILE, device)

@@ -40,7 +40,13 @@ def resolve(cfg: TrainConfig) -> Resolved:
     and the recipe's defaults. Reads the teacher's run.json / the logits file's metadata only."""
     teacher = resolve_teacher(cfg.teacher, cfg.logits)
     dataset = None
-    if teacher is None:
+    if teacher is not None and cfg.cross_dataset:
+        dataset = cross_dataset(cfg, teacher)
+        cfg = cfg.replace(dataset=dataset.name, model=cfg.model or teacher.model_name)
+        if cfg.model == teacher.model_name and not cfg.model_args:
+            cfg = cfg.replace(model_args={k: v for k, v in teacher.model_args.items()
+                                          if k not in ("num_classes", "input_shape")})
+    elif teacher is None:
         dataset = build_dataset(cfg.dataset or DEFAULT_DATASET, cfg.dataset_args, cfg.data_dir)
         # dataset_args stay as given (run.json's `dataset` holds the full ones), so runs made
         # before are compared with the arguments they were given
@@ -49,9 +55,11 @@ def resolve(cfg: TrainConfig) -> Resolved:
         tdata = teacher.dataset
         if cfg.dataset not in (None, tdata["name"]):
             raise ConfigError(f"--dataset {cfg.dataset}: the teacher ({teacher.where}) was trained on "
-                              f"{tdata['name']!r}; a student's κ must refer to the teacher's pool")
+                              f"{tdata['name']!r}; a student's κ must refer to the teacher's pool (add "
+                              "--cross-dataset to distil across datasets on purpose)")
         if cfg.dataset_args and cfg.dataset_args != {k: tdata["args"].get(k) for k in cfg.dataset_args}:
-            raise ConfigError(f"--dataset-arg: differs from the teacher's dataset arguments {tdata['args']}")
+            raise ConfigError(f"--dataset-arg: differs from the teacher's dataset arguments {tdata['args']} "
+                              "(add --cross-dataset to distil across datasets on purpose)")
         cfg = cfg.replace(dataset=tdata["name"], dataset_args=tdata["args"],
                           data_dir=cfg.data_dir or tdata.get("data_dir"),
                           model=cfg.model or teacher.model_name)
@@ -60,6 +68,24 @@ def resolve(cfg: TrainConfig) -> Resolved:
                                           if k not in ("num_classes", "input_shape")})
     cfg, recipe = apply_recipe(cfg, cfg.dataset, cfg.model)
     return Resolved(cfg, teacher, recipe, dataset)
+
+
+def cross_dataset(cfg: TrainConfig, teacher: TeacherSource) -> Dataset:
+    """The student's dataset under --cross-dataset (no data read): another dataset than the
+    teacher's, with the teacher's classes and input shape. Of the teacher's dataset name,
+    --dataset-arg changes the teacher's arguments (corr_noise=0.5: the teacher's data, noisier)."""
+    tdata = teacher.dataset
+    name = cfg.dataset or tdata["name"]
+    args = {**tdata["args"], **cfg.dataset_args} if name == tdata["name"] else cfg.dataset_args
+    dataset = build_dataset(name, args, cfg.data_dir)
+    if dataset.name == tdata["name"] and dataset.args == tdata["args"]:
+        raise ConfigError(f"--cross-dataset: --dataset and --dataset-arg give the teacher's own dataset "
+                          f"({tdata['name']} {tdata['args']}); name the other one, or drop --cross-dataset")
+    if dataset.num_classes != tdata["num_classes"] or list(dataset.input_shape) != list(tdata["input_shape"]):
+        raise ConfigError(f"--cross-dataset: dataset {dataset.name!r} has {dataset.num_classes} classes of "
+                          f"shape {list(dataset.input_shape)}, the teacher's ({teacher.where}) "
+                          f"{tdata['num_classes']} of shape {list(tdata['input_shape'])}; they must match")
+    return dataset
 
 
 @dataclass
@@ -103,7 +129,7 @@ class Prepared:
 def prepare(r: Resolved) -> Prepared:
     """Build and check everything a training stage needs; nothing is written."""
     cfg, teacher = r.cfg, r.teacher
-    if teacher is None:
+    if r.dataset is not None:  # no teacher, or --cross-dataset
         dataset = r.dataset
     else:
         dataset = dataset_from_description(teacher.dataset, cfg.data_dir, teacher.where)

@@ -1,8 +1,8 @@
 """`report`: the paper's tables and plots from a tree of run dirs.
 
 Reads only run.json files (through kdcli.io.runs, the one reader of run dirs) and CKA
-Parquet files, so it stays fast on thousands of runs. Each run's task (run.json `task`)
-says which metric PI is computed from and how. Damaged runs and CKA files are listed
+and collapse Parquet files, so it stays fast on thousands of runs. Each run's task (run.json `task`)
+says which metric PI is computed from and how. Damaged runs, CKA and collapse files are listed
 with the reason, never skipped silently. Writes CSV, Markdown and JSON tables and PNG
 plots to --out.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 from kdcli.errors import ArtifactError, ConfigError
 from kdcli.io.atomic import write_bytes, write_json
 from kdcli.io.runs import Found, scan
+from kdcli.report.collapse import collapse_rows
 from kdcli.report.crossover import kappa_star_rows
 from kdcli.report.pairs import Pair, Pairing, pair_runs
 from kdcli.report.pi import (
@@ -77,6 +78,7 @@ class KindReport:
     variance_rows: list[dict] = field(default_factory=list)  # kdcli.report.variance
     kappa_star_rows: list[dict] = field(default_factory=list)  # kdcli.report.crossover
     variance_skipped: list[str] = field(default_factory=list)  # groups without a decomposition, and why
+    collapse_rows: list[dict] = field(default_factory=list)  # kdcli.report.collapse
 
     @property
     def lm(self) -> bool:
@@ -100,7 +102,7 @@ class ReportResult:
     kinds: list[KindReport]  # one per task kind that has pairs, in KINDS order
     scan: Found
     pairing: Pairing
-    damaged_cka: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    damaged_files: list[tuple[str, str]] = field(default_factory=list)  # CKA and collapse files: (path, why)
     written: list[Path] = field(default_factory=list)
 
     # Every kind's tables together (each table, and each row of one, is of one kind)
@@ -169,14 +171,13 @@ def ls_table(rows: list[dict], group_by: tuple[str, ...]) -> list[dict]:
             for point, cols in sorted(by_point.items(), key=lambda kv: str(kv[0][:-1]) + f"{kv[0][-1]:012.6f}")]
 
 
-def read_cka_files(paths: list[str]) -> tuple[list[tuple[list[dict], dict]], list[tuple[str, str]]]:
-    """(rows, metadata) of every readable CKA file; and those that could not be read, with the reason."""
-    from kdcli.io.cka import read_cka
-
+def read_files(paths: list[str], reader, what: str) -> tuple[list[tuple[list[dict], dict]], list[tuple[str, str]]]:
+    """(rows, metadata) of every file `reader` (read_cka, read_collapse) can read; and those it
+    could not, with the reason."""
     files, damaged = [], []
     for path in paths:
         try:
-            files.append(read_cka(path, flag="CKA file"))
+            files.append(reader(path, flag=what))
         except ArtifactError as exc:
             damaged.append((path, str(exc)))
     return files, damaged
@@ -220,7 +221,11 @@ def run(cfg: ReportConfig) -> ReportResult:
     pairing = pair_runs(selected)
     teacher_metric = {r["run_id"]: primary(r) for r in found.runs if r.get("stage") == "train-teacher"}
     by_id = {r["run_id"]: r for r in found.runs}
-    cka_files, damaged_cka = read_cka_files(found.cka_files)
+    from kdcli.io.cka import read_cka
+    from kdcli.io.collapse import read_collapse
+
+    cka_files, damaged_cka = read_files(found.cka_files, read_cka, "CKA file")
+    nc_files, damaged_nc = read_files(found.collapse_files, read_collapse, "collapse file")
     by_kind: dict[str, list[Pair]] = defaultdict(list)
     for p in pairing.pairs:
         by_kind[task_kind(p)].append(p)
@@ -233,12 +238,13 @@ def run(cfg: ReportConfig) -> ReportResult:
         rows = pi_rows(pairs, teacher_metric, group_by, cfg.bootstrap)
         groups = group_pairs(pairs, group_by)
         variance, skipped = variance_rows(groups, group_by)
+        stars = with_peaks(kappa_star_rows(groups, group_by, cfg.bootstrap or 2000), rows, groups, group_by)
         kinds.append(KindReport(kind, group_by, rows, tau_tables(rows, group_by), ls_table(rows, group_by),
                                 fidelity_correlation(pairs), cka_rows(cka_files, by_id, pairs), pairs,
-                                variance, kappa_star_rows(groups, group_by, cfg.bootstrap or 2000), skipped))
+                                variance, stars, skipped, collapse_rows(nc_files, groups, group_by)))
     result = ReportResult([r for k in kinds for r in k.rows],
                           tuple(dict.fromkeys(g for k in kinds for g in k.group_by)) or tuple(cfg.group_by),
-                          kinds, found, pairing, damaged_cka)
+                          kinds, found, pairing, damaged_cka + damaged_nc)
     if cfg.out is not None:
         result.written = write_outputs(result, Path(cfg.out), cfg.plots)
     return result
@@ -344,11 +350,59 @@ def kappa_star_table(part: KindReport) -> tuple[list[str], list[list[str]]]:
     paired seeds, and the share of resamples whose PI never crosses on the grid."""
     from kdcli.report.crossover import describe
 
-    cols = ["arm", "model", *part.group_by, "κ grid", "seeds", "κ* [95% CI]", "not reached %", "below grid %"]
+    metric = "teacher CE" if part.lm else "teacher acc"
+    cols = ["arm", "model", *part.group_by, "κ grid", "seeds", "κ* [95% CI]", "not reached %", "below grid %",
+            metric, "student params", "peak PI [95% CI] at κ"]
     pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
     return cols, [[r["arm"], r["model"], *(str(r[g]) for g in part.group_by), r["kappas"], str(r["n_seeds"]),
-                   describe(r), pct(r["share_not_reached"]), pct(r["share_below"])] for r in part.kappa_star_rows]
+                   describe(r), pct(r["share_not_reached"]), pct(r["share_below"]),
+                   fmt(r["teacher_metric"], ".3f"), fmt(r["student_parameters"], ","),
+                   f"{fmt(r['peak_pi'], '+.2f')} {ci_cell(r['peak_pi_lo'], r['peak_pi_hi'])} at {fmt(r['peak_kappa'], 'g')}"]
+                  for r in part.kappa_star_rows]
 
+
+def with_peaks(stars: list[dict], rows: list[dict], groups, group_by: tuple[str, ...]) -> list[dict]:
+    """κ* rows with what the open questions plot them against: the teacher's accuracy
+    (`teacher_metric`), the student's parameter count, and the arm's peak PI over the κ grid
+    (the PI row with the largest mean, its interval and κ)."""
+    params = {key[:-2]: members[0].run["model"].get("parameters") for key, members in groups}
+    out = []
+    for star in stars:
+        panel = (star["arm"], star["model"], star["teacher"], *(star[g] for g in group_by))
+        mine = [r for r in rows if (r["arm"], r["model"], r["teacher"], *(r[g] for g in group_by)) == panel
+                and not math.isnan(r["pi"])]
+        peak = max(mine, key=lambda r: r["pi"]) if mine else None
+        out.append({**star, "teacher_metric": mine[0]["teacher_metric"] if mine else math.nan,
+                    "student_parameters": params.get(panel),
+                    "peak_pi": peak["pi"] if peak else math.nan, "peak_pi_lo": peak["pi_lo"] if peak else math.nan,
+                    "peak_pi_hi": peak["pi_hi"] if peak else math.nan, "peak_kappa": peak["kappa"] if peak else None})
+    return out
+
+
+def collapse_table(part: KindReport, split: str) -> tuple[list[str], list[list[str]]]:
+    """Neural collapse vs κ on one split: per NC measure arm/labels and Δ = arm − labels with its
+    95% t-interval over pairs; the teacher's value in the last column pair."""
+    names = (("nc1", "NC1", ".3g"), ("nc2_etf", "NC2 ETF", ".3f"), ("nc3", "NC3", ".3f"), ("nc4", "NC4", ".3f"))
+    cols = ["arm", "model", *part.group_by, "κ", "pairs"]
+    for _, label, _ in names:
+        cols += [f"{label} arm/labels", f"Δ{label} [95% CI]"]
+    cells = []
+    for r in part.collapse_rows:
+        if r["split"] != split:
+            continue
+        row = [r["arm"], r["model"], *(str(r[g]) for g in part.group_by), f"{r['kappa']:g}", str(r["pairs"])]
+        for key, _, spec in names:
+            row += [f"{fmt(r[f'arm_{key}'], spec)}/{fmt(r[f'labels_{key}'], spec)}",
+                    f"{fmt(r[f'delta_{key}'], '+' + spec)} {ci_cell(r[f'delta_{key}_lo'], r[f'delta_{key}_hi'], '+' + spec)}"]
+        cells.append(row)
+    return cols, cells
+
+
+COLLAPSE_LEGEND = ("Neural collapse of the penultimate features (kdcli collapse; 0 = collapsed): NC1 = tr(Σ_W Σ_B⁺)/C; "
+                   "NC2 ETF = distance of the centred class means' normalised Gram matrix to the simplex ETF's; NC3 = "
+                   "‖W/‖W‖ − M/‖M‖‖² (last layer vs class means); NC4 = share of samples where the nearest class mean "
+                   "and the network disagree. Cells arm/labels (means over pairs); Δ = arm − labels [95% t-interval "
+                   "over paired seeds]")
 
 KAPPA_STAR_LEGEND = ("κ*: where mean PI first falls from above zero to zero or below along the κ grid, "
                      "interpolated in log κ; 95% interval from resampling paired seeds; 'not reached': PI > 0 "
@@ -446,6 +500,7 @@ def _write_into(result: ReportResult, out: Path, plots: bool) -> list[Path]:
         tables["fidelity_correlation"] = [{"arm": a, **v} for a, v in part.fidelity.items()]
         tables["bias_variance"] = part.variance_rows
         tables["kappa_star"] = part.kappa_star_rows
+        tables["collapse"] = part.collapse_rows
         what = pi_label(part.rows[0]) if part.rows else "PI"
         if part.lm:
             md += f"# Language models (sequence tasks)\n\n{LM_LEGEND}. Mean and 95% CI over paired seeds.\n\n"
@@ -464,6 +519,10 @@ def _write_into(result: ReportResult, out: Path, plots: bool) -> list[Path]:
                     md += f"{VARIANCE_LEGEND}.\n\n"
                 elif name == "kappa_star":
                     md += _markdown_cells(f"crossover κ*{lm}", *kappa_star_table(part)) + f"{KAPPA_STAR_LEGEND}.\n\n"
+                elif name == "collapse":
+                    for split in dict.fromkeys(r["split"] for r in rows):
+                        md += _markdown_cells(f"neural collapse vs κ, {split} split", *collapse_table(part, split))
+                    md += f"{COLLAPSE_LEGEND}.\n\n"
                 elif not part.lm:
                     md += _markdown(title, bare)
                 elif name == "pi_vs_kappa":
@@ -482,7 +541,7 @@ def _write_into(result: ReportResult, out: Path, plots: bool) -> list[Path]:
         "labels_without_teacher": [r["dir"] for r in result.pairing.no_teacher],
         "incomplete": result.scan.incomplete,
         "bias_variance_skipped": [why for k in result.kinds for why in k.variance_skipped],
-        "damaged": [{"path": p, "why": why} for p, why in result.scan.damaged + result.damaged_cka],
+        "damaged": [{"path": p, "why": why} for p, why in result.scan.damaged + result.damaged_files],
     })
     written.append(out / "report.json")
     if plots:
@@ -521,4 +580,10 @@ def _plot(part: KindReport, out: Path) -> list[Path]:
                                                 lm=part.lm))
     if part.cka_rows:
         written.append(P.cka_vs_kappa(part.cka_rows, out / f"cka_vs_kappa{sfx}.png", lm=part.lm))
+    if part.collapse_rows:
+        written.append(P.collapse_vs_kappa(part.collapse_rows, out / f"collapse_vs_kappa{sfx}.png", part.cka_rows))
+    stars = part.kappa_star_rows
+    for against, name in (("teacher", "kappa_star_vs_teacher"), ("student", "kappa_star_vs_student")):
+        if P.kappa_star_lines(stars, against):
+            written.append(P.kappa_star_vs(stars, against, out / f"{name}{sfx}.png", lm=part.lm))
     return written

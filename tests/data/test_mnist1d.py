@@ -258,3 +258,37 @@ def test_fingerprint_stable_and_sensitive(tmp_path, monkeypatch):
               for k, v in (("seed", 10), ("n_train", 201), ("n_test", 51))]
     assert len({fp, *others}) == 4
     assert len(fp) == 64 and int(fp, 16) >= 0
+
+
+def test_shift_arguments_change_the_draws_scales_only():
+    """A shifted distribution: the reference's values leave the dataset (and its fingerprint)
+    as it was; other values change the inputs, never the labels or the random draws' order."""
+    from kdcli.data import build_dataset
+
+    base = build_dataset("mnist1d", {"n_train": 200, "n_test": 100})
+    same = build_dataset("mnist1d", {"n_train": 200, "n_test": 100, "corr_noise": 0.25, "max_translation": 48})
+    assert same.args == base.args and same.fingerprint == base.fingerprint
+    noisy = build_dataset("mnist1d", {"n_train": 200, "n_test": 100, "corr_noise": 0.6})
+    assert noisy.args["corr_noise"] == 0.6 and noisy.fingerprint != base.fingerprint
+    assert torch.equal(noisy.train().y, base.train().y)
+    assert not torch.allclose(noisy.train().x, base.train().x)
+    # no noise at all: the generator without its noise terms, by hand on one block
+    x, _ = gen.generate_block(42, "train", 0, corr_noise=0.0, iid_noise=0.0)
+    xn, _ = gen.generate_block(42, "train", 0)
+    assert np.abs(x - xn).mean() > 0.05
+    # without translation (max_translation=1: a roll by 0) every sample of a class starts alike
+    flat, y = gen.generate_block(42, "train", 0, max_translation=1, corr_noise=0.0, iid_noise=0.0,
+                                 scale_coeff=0.0, shear=0.0)
+    for c in range(10):
+        rows = flat[y == c]
+        assert np.allclose(rows[:, 0], rows[0, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("arg,value", [("max_translation", 0), ("max_translation", 73), ("max_translation", 2.5),
+                                       ("corr_noise", -1), ("shear", float("nan")), ("scale_coeff", 2)])
+def test_bad_shift_arguments_are_named(arg, value):
+    from kdcli.data import build_dataset
+    from kdcli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=arg):
+        build_dataset("mnist1d", {"n_train": 200, "n_test": 100, arg: value})
