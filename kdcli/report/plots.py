@@ -353,7 +353,7 @@ def kappa_star_vs(rows: list[dict], against: str, path: Path, lm: bool = False) 
     student's parameter count."""
     plt = _pyplot()
     x = "teacher_metric" if against == "teacher" else "student_parameters"
-    xlabel = ("teacher test CE (nats)" if lm else "teacher test accuracy") if against == "teacher" \
+    xlabel = ("teacher test CE (nats)" if lm else "teacher test accuracy (%)") if against == "teacher" \
         else "student parameters"
     lines = kappa_star_lines(rows, against)
     grid = sorted({float(k) for r in rows for k in r["kappas"].split()})

@@ -356,7 +356,7 @@ def kappa_star_table(part: KindReport) -> tuple[list[str], list[list[str]]]:
     pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
     return cols, [[r["arm"], r["model"], *(str(r[g]) for g in part.group_by), r["kappas"], str(r["n_seeds"]),
                    describe(r), pct(r["share_not_reached"]), pct(r["share_below"]),
-                   fmt(r["teacher_metric"], ".3f"), fmt(r["student_parameters"], ","),
+                   fmt(r["teacher_metric"], ".3f" if part.lm else ".2f"), fmt(r["student_parameters"], ","),
                    f"{fmt(r['peak_pi'], '+.2f')} {ci_cell(r['peak_pi_lo'], r['peak_pi_hi'])} at {fmt(r['peak_kappa'], 'g')}"]
                   for r in part.kappa_star_rows]
 
