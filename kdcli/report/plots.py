@@ -288,7 +288,8 @@ COLLAPSE_PANELS = (("nc1", "NC1 = tr(Σ_W Σ_B⁺)/C", True), ("nc2_etf", "NC2: 
 
 def collapse_vs_kappa(rows: list[dict], path: Path, cka_rows: list[dict] = ()) -> Path:
     """Collapse rows (kdcli.report.collapse) vs κ: NC1–NC4, one colour per arm and split, the
-    arm solid and its label twins dashed; with CKA rows, the CKA with the teacher beside them."""
+    arm solid and its label twins dashed, the teacher's value as a grey line when there is one
+    teacher; with CKA rows, the CKA with the teacher beside them."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 5 if cka_rows else 4, figsize=(19 if cka_rows else 15.5, 3.9))
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -303,6 +304,11 @@ def collapse_vs_kappa(rows: list[dict], path: Path, cka_rows: list[dict] = ()) -
             ax.plot(k, [r[f"arm_{key}"] for r in line], marker="o", color=color, label=label)
             ax.plot(k, [r[f"labels_{key}"] for r in line], marker="s", linestyle="--", color=color,
                     label=f"{label}: label twins")
+        if len({r["teacher"] for r in rows}) == 1:  # one teacher: its own value, where measured
+            for split, style in zip(dict.fromkeys(r["split"] for r in rows), (":", "-.", (0, (1, 3)))):
+                value = next(r[f"teacher_{key}"] for r in rows if r["split"] == split)
+                if not math.isnan(value):
+                    ax.axhline(value, color="gray", linestyle=style, linewidth=1, label=f"teacher ({split})")
         ax.set_xscale("log")
         if log:
             ax.set_yscale("log")
@@ -331,19 +337,24 @@ def collapse_vs_kappa(rows: list[dict], path: Path, cka_rows: list[dict] = ()) -
 def kappa_star_lines(rows: list[dict], against: str) -> dict[str, list[dict]]:
     """κ* rows as lines against the teacher's accuracy (one line per arm and student model, where
     it has two teachers or more) or the student's size (per arm and teacher, where it has two
-    student models or more); {} when there is nothing to draw."""
-    lines: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        key = (r["arm"], r["model"]) if against == "teacher" else (r["arm"], r["teacher"])
-        lines[key].append(r)
+    student models or more, one line per model family: `cnn1d channels=8` and `cnn1d
+    channels=32` are joined, a `vit` beside them is a point of its own); {} when there is
+    nothing to draw."""
     x = "teacher_metric" if against == "teacher" else "student_parameters"
-    kept = {}
-    for (arm, other), line in lines.items():
-        line = [r for r in line if r[x] is not None and not math.isnan(r[x])]
-        if len({r["teacher" if against == "teacher" else "model"] for r in line}) < 2:
+    panels: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r[x] is not None and not math.isnan(r[x]):
+            panels[(r["arm"], r["model"]) if against == "teacher" else (r["arm"], r["teacher"])].append(r)
+    kept: dict[str, list[dict]] = {}
+    for (arm, other), panel in panels.items():
+        if len({r["teacher" if against == "teacher" else "model"] for r in panel}) < 2:
             continue
-        label = f"{arm}, student {other}" if against == "teacher" else f"{arm}, teacher {other[:8]}"
-        kept[label] = sorted(line, key=lambda r: r[x])
+        if against == "teacher":
+            kept[f"{arm}, student {other}"] = sorted(panel, key=lambda r: r[x])
+            continue
+        for family in dict.fromkeys(r["model"].split()[0] for r in panel):
+            line = [r for r in panel if r["model"].split()[0] == family]
+            kept[f"{arm}, {family}, teacher {other[:8]}"] = sorted(line, key=lambda r: r[x])
     return kept
 
 
