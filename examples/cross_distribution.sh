@@ -19,10 +19,11 @@ shifted=(); for kv in ${SHIFT//,/ }; do shifted+=(--dataset-arg "$kv"); done
 # the reference-distribution teacher (as the main job's), and a teacher of the shifted data
 OUT=$ROOT/source LOGITS=$ROOT/source/teacher_logits.parquet
 setup_teacher
-$KDCLI train-teacher --out "$ROOT/target/teacher" --dataset mnist1d --dataset-arg n_train="$N_TRAIN" \
+$KDCLI_WRAP $KDCLI train-teacher --out "$ROOT/target/teacher" --dataset mnist1d --dataset-arg n_train="$N_TRAIN" \
     --dataset-arg n_test="$N_TEST" "${shifted[@]}" --model "$MODEL" --model-arg channels="$CHANNELS" \
     --epochs "$TEACHER_EPOCHS" "${COMMON[@]}"
-$KDCLI dump-logits --teacher "$ROOT/target/teacher" --out "$ROOT/target/teacher_logits.parquet" --quiet
+$KDCLI_WRAP $KDCLI dump-logits --teacher "$ROOT/target/teacher" --out "$ROOT/target/teacher_logits.parquet" \
+    --extra-train "$EXTRA_TRAIN" --quiet
 
 # students of the shifted data: from its own teacher (offline) ...
 OUT=$ROOT/target LOGITS=$ROOT/target/teacher_logits.parquet

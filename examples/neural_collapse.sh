@@ -15,6 +15,8 @@ for kappa in $KAPPAS; do
     dirs+=("$OUT/kd/tau$TAU/k$kappa/s$seed" "$OUT/labels/k$kappa/s$seed")
   done
 done
-# one process for every run; an existing file of the same runs and settings is kept
-$KDCLI collapse "${dirs[@]}" --split seen --split test --out "$OUT/collapse/collapse_tau$TAU.parquet" --threads 1 --quiet
+# one process for every run, one file per grid (another grid on this OUT gets its own); an
+# existing file of the same runs and settings is kept (a run redone since is refused: remove the file)
+grid="tau${TAU}_k${KAPPAS// /-}_s${SEEDS// /-}"
+$KDCLI collapse "${dirs[@]}" --split seen --split test --out "$OUT/collapse/collapse_$grid.parquet" --threads 1 --quiet
 $KDCLI report "$OUT" --out "$OUT/report"

@@ -225,3 +225,39 @@ def test_kappa_star_rows_carry_teacher_accuracy_student_size_and_peak(tmp_path):
         assert r["status"] == "crossed" and 0.5 < r["kappa_star"] < 1.0
     names = {p.name for p in res.written}
     assert {"kappa_star_vs_teacher.png", "kappa_star_vs_student.png"} <= names
+
+
+def test_one_class_in_a_split_is_one_error(teacher_run, tmp_path):
+    from kdcli.errors import DataError
+
+    out = tmp_path / "c.parquet"
+    with pytest.raises(DataError, match="test split's samples \\(--max-samples 2\\) hold one class"):
+        for seed in range(50):  # a seed whose two samples share their class
+            stage.run(CollapseConfig(runs=(str(teacher_run),), out=str(out), splits=("test",), max_samples=2,
+                                     seed=seed, device="cpu", threads=1, overwrite=True))
+    assert not out.exists() or pq.read_table(out).num_rows == 1
+
+
+def test_dead_features_are_not_called_collapsed():
+    """All class means equal (dead ReLU features): NC1–NC3 are NaN, not the 0 of perfect collapse."""
+    from kdcli.metrics.collapse import collapse
+
+    h = np.zeros((6, 4))
+    y = np.array([0, 0, 1, 1, 2, 2])
+    m = collapse(h, y, np.ones((3, 4)), y)
+    assert all(math.isnan(m[k]) for k in ("nc1", "nc2_equinorm", "nc2_equiangular", "nc2_etf", "nc3"))
+    assert m["nc4"] == pytest.approx(4 / 6)  # the nearest mean is class 0 (a tie, the first) everywhere
+
+
+def test_pairs_measured_on_other_samples_are_not_paired(tmp_path):
+    write_run(tmp_path, "teacher", stage="train-teacher", acc=0.9, run_id="T1")
+    write_run(tmp_path, "kd", stage="distill", acc=0.6, tau=4.0, run_id="kd")
+    write_run(tmp_path, "lab", stage="train-labels", acc=0.5, run_id="lab")
+    for name, rid, draw in (("collapse_a.parquet", "kd", "100"), ("collapse_b.parquet", "lab", "200")):
+        table = pa.table({k: [rid if k == "run_id" else ("test" if k == "split" else (rid if t == "string" else
+                                                                                 (1 if t == "int64" else 0.5)))]
+                          for k, (t, _) in COLUMNS.items()})
+        pq.write_table(table.replace_schema_metadata({"format": "kdcli-collapse", "format_version": "1",
+                                                      "max_samples": draw, "seed": "0"}), tmp_path / name)
+    res = report.run(report.ReportConfig(root=str(tmp_path)))
+    assert res.rows and not res.kinds[0].collapse_rows

@@ -108,3 +108,53 @@ def test_rerun_is_skipped_and_a_changed_choice_refused(teacher_run, cross_pair):
     assert again.skipped
     with pytest.raises(ArtifactError, match="other settings .*dataset_args"):
         distill.run(_kd(kd_dir, teacher_run, cross_dataset=True, dataset_args={"corr_noise": 0.9}))
+
+
+def test_a_folder_dataset_of_another_distribution(tmp_path):
+    """Folder datasets have no arguments that tell them apart: --data-dir names the other one;
+    a copy of the teacher's own folder is refused by its fingerprint, before --out is touched."""
+    from tests.test_training import write_image_parquet
+
+    own = write_image_parquet(tmp_path / "A")
+    other = write_image_parquet(tmp_path / "B", n_train=36)
+    copy = tmp_path / "A-copy"
+    shutil.copytree(own, copy)
+    teacher = tmp_path / "t"
+    train.run(tiny_config(teacher, stage="train-teacher", dataset="parquet-images", dataset_args={},
+                          data_dir=str(own), model="test_cnn", batch_size=16, epochs=1))
+    kw = dict(dataset="parquet-images", dataset_args={}, batch_size=16, kappa=1.0)
+    res = distill.run(_kd(tmp_path / "kd", teacher, cross_dataset=True, data_dir=str(other), **kw))
+    run = json.loads((res.run_dir / "run.json").read_text())
+    assert run["subset"]["n_pool"] == 36 and run["dataset"]["data_dir"] == str(other)
+    assert run["teacher"]["dataset_fingerprint"] != run["dataset"]["fingerprint"]
+    with pytest.raises(ConfigError, match="teacher's own dataset"):  # the teacher's folder itself
+        distill.run(_kd(tmp_path / "kd2", teacher, cross_dataset=True, **kw))
+    with pytest.raises(ConfigError, match="teacher's own .*same fingerprint"):
+        distill.run(_kd(tmp_path / "kd3", teacher, cross_dataset=True, data_dir=str(copy), **kw))
+    assert not (tmp_path / "kd2").exists() and not (tmp_path / "kd3").exists()
+
+
+def test_a_rerun_after_the_teachers_pool_changed_is_refused(tmp_path):
+    """The run records the full arguments (the teacher's, changed), so a teacher retrained on
+    another pool does not let a stale cross-dataset student count as done."""
+    teacher = tmp_path / "t"
+    train.run(tiny_config(teacher, stage="train-teacher", epochs=1))
+    cfg = _kd(tmp_path / "kd", teacher, cross_dataset=True, dataset_args=dict(SHIFT))
+    distill.run(cfg)
+    train.run(tiny_config(teacher, stage="train-teacher", epochs=1, overwrite=True,
+                          dataset_args={"n_train": 400, "n_test": 300}))
+    with pytest.raises(ArtifactError, match="other settings .*dataset_args"):
+        distill.run(cfg)
+
+
+def test_the_link_check_catches_a_flag_without_a_difference(cross_pair, tmp_path):
+    root, _, _ = cross_pair
+    tree = tmp_path / "tree"
+    shutil.copytree(root, tree)
+    path = tree / "lab" / "run.json"
+    run = json.loads(path.read_text())
+    run["teacher"]["dataset_fingerprint"] = run["dataset"]["fingerprint"]
+    path.write_text(json.dumps(run))
+    res = report.run(report.ReportConfig(root=str(tree)))
+    (why,) = [w for _, w in res.scan.damaged]
+    assert "says --cross-dataset, but its teacher was trained on the same dataset" in why

@@ -23,7 +23,7 @@ class MNIST1D(Dataset):
     def _stream(self, stream: str, start: int, stop: int) -> Split:
         seed = self.args["seed"]
         shifts = {k: self.args[k] for k in gen.SHIFTS if k in self.args}
-        tag = "".join(f"-{k}{v:g}" for k, v in sorted(shifts.items()))
+        tag = "".join(f"-{k}{v!r}" for k, v in sorted(shifts.items()))  # exact: repr, not rounded
         key = f"mnist1d/{gen.GENERATOR_VERSION}-seed{seed}{tag}-{stream}-{start}-{stop}"
         arrays = cached_arrays(key, lambda: dict(zip("xy", gen.generate(seed, stream, start, stop, **shifts))))
         x = torch.from_numpy(arrays["x"]).unsqueeze(1)  # [N, 1, 40]
@@ -60,6 +60,10 @@ def mnist1d(n_train: int = 4000, n_test: int = 2000, seed: int = 42,
             raise ConfigError(f"--dataset-arg {flag}={value}: need at least {gen.NUM_CLASSES} samples")
     args = {"n_train": int(n_train), "n_test": int(n_test), "seed": int(seed),
             "generator": gen.GENERATOR_VERSION}
+    for k, v in (("corr_noise", corr_noise), ("iid_noise", iid_noise), ("max_translation", max_translation),
+                 ("scale_coeff", scale_coeff), ("shear", shear)):
+        if isinstance(v, bool):
+            raise ConfigError(f"--dataset-arg {k}={v}: expected a number")
     shifts = {"corr_noise": float(corr_noise), "iid_noise": float(iid_noise),
               "max_translation": int(max_translation), "scale_coeff": float(scale_coeff), "shear": float(shear)}
     if float(max_translation) != shifts["max_translation"] or not 1 <= shifts["max_translation"] <= gen.WIDTH:

@@ -15,7 +15,8 @@ M, d×C):
   prediction disagree (0: the network acts as the nearest-class-centre rule).
 
 Every NC measure is 0 at perfect collapse. Classes absent from the samples are left out
-(their rows of W too); `classes` says how many were present.
+(their rows of W too); `classes` says how many were present. When every class mean is the
+same (dead features) NC1–NC3 are NaN, not 0: there is no between-class geometry to measure.
 """
 
 from __future__ import annotations
@@ -49,33 +50,39 @@ def collapse(h, y, weight, pred) -> dict:
     within = h - mu[np.searchsorted(classes, y)]
     sigma_w = within.T @ within / len(h)
     sigma_b = m.T @ m / c
+    nearest = _nearest(h, classes, mu)
+    nc4 = float((nearest != pred).mean())
+    if not np.linalg.norm(m) > 0:  # every class mean the same (dead features): no geometry to measure
+        nan = float("nan")
+        return {"nc1": nan, "nc2_equinorm": nan, "nc2_equiangular": nan, "nc2_etf": nan, "nc3": nan, "nc4": nc4,
+                "n": int(len(h)), "classes": int(c), "d": int(h.shape[1])}
     nc1 = float(np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=PINV_RCOND, hermitian=True)) / c)
 
     norms = np.linalg.norm(m, axis=1)
-    cos = (m @ m.T) / np.outer(norms, norms)
     off = ~np.eye(c, dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a class mean at μ_G: its angles are NaN
+        cos = (m @ m.T) / np.outer(norms, norms)
     gram = m @ m.T
     etf = (np.eye(c) - 1.0 / c) / np.sqrt(c - 1)
 
     w = np.asarray(weight, dtype=np.float64)[classes]
     dual = w / np.linalg.norm(w) - m / np.linalg.norm(m)
-
-    nearest = _nearest(h, classes, mu)
     return {
         "nc1": nc1,
         "nc2_equinorm": float(norms.std() / norms.mean()),
         "nc2_equiangular": float(np.abs(cos[off] + 1.0 / (c - 1)).mean()),
         "nc2_etf": float(np.linalg.norm(gram / np.linalg.norm(gram) - etf)),
         "nc3": float((dual ** 2).sum()),
-        "nc4": float((nearest != pred).mean()),
+        "nc4": nc4,
         "n": int(len(h)), "classes": int(c), "d": int(h.shape[1]),
     }
 
 
 def _nearest(h: np.ndarray, classes: np.ndarray, mu: np.ndarray, rows: int = 4096) -> np.ndarray:
-    """The nearest class mean of each row, a block of rows at a time (bounded memory)."""
+    """The nearest class mean of each row: argmin_c ‖h − μ_c‖² = argmin_c (‖μ_c‖² − 2 h·μ_c), a
+    block of rows at a time ([rows, C] in memory, whatever the feature size)."""
     out = np.empty(len(h), dtype=np.int64)
+    sq = (mu ** 2).sum(axis=1)
     for start in range(0, len(h), rows):
-        block = h[start:start + rows]
-        out[start:start + rows] = classes[np.argmin(((block[:, None, :] - mu[None]) ** 2).sum(-1), axis=1)]
+        out[start:start + rows] = classes[np.argmin(sq[None, :] - 2.0 * h[start:start + rows] @ mu.T, axis=1)]
     return out

@@ -77,13 +77,14 @@ class LayerHooks:
     """
 
     def __init__(self, model: torch.nn.Module, names: list[str], task: Task, strict: bool = True,
-                 flag: str = "", label: str = ""):
+                 flag: str = "", label: str = "", keep_output: bool = False):
         self.model, self.names, self.task = model, names, task
         self.strict, self.flag, self.label = strict, flag, label
         self.out: dict[str, torch.Tensor] = {}
         self.shapes: dict[str, tuple[int, ...] | None] = {}
         self.calls: dict[str, int] = {}
         self.handles = []
+        self.keep_output = keep_output  # keep the model's output of the last forward() (collapse)
         self.output: torch.Tensor | None = None
 
     def __enter__(self) -> LayerHooks:
@@ -127,7 +128,8 @@ class LayerHooks:
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.out.clear()
         self.calls.clear()
-        self.output = self.model(x)  # the model's own output (collapse reads its predictions)
+        output = self.model(x)
+        self.output = output if self.keep_output else None  # held only when asked: LM logits are large
         for name in self.names:
             calls = self.calls.get(name, 0)
             if calls != 1:

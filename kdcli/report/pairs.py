@@ -53,9 +53,10 @@ def arm(run: dict) -> str | None:
             name += f" top-{kd['topk']}" + (" bucket" if kd.get("topk_tail") == "bucket" else "")
         return name
     if run.get("stage") == "train-labels" and run.get("teacher"):
+        cross = " cross-dataset" if run["config"].get("cross_dataset") else ""
         if run["config"].get("match_smoothing_tau"):
-            return f"ls matched τ={run['config']['match_smoothing_tau']:g}"
-        return f"ls ε={ls:g}" if ls else "labels"
+            return f"ls matched τ={run['config']['match_smoothing_tau']:g}{cross}"
+        return f"ls ε={ls:g}{cross}" if ls else "labels"
     return None
 
 

@@ -310,7 +310,7 @@ def collapse_vs_kappa(rows: list[dict], path: Path, cka_rows: list[dict] = ()) -
                 if not math.isnan(value):
                     ax.axhline(value, color="gray", linestyle=style, linewidth=1, label=f"teacher ({split})")
         ax.set_xscale("log")
-        if log:
+        if log and any(r[f"{side}_{key}"] > 0 for r in rows for side in ("arm", "labels")):
             ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("κ")

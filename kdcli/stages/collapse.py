@@ -46,11 +46,14 @@ def run(cfg: CollapseConfig, progress: Progress | None = None) -> CollapseResult
     previous = _previous_result(cfg, settings)
     if previous is not None:
         return previous
+    from kdcli.io.shared import sharing
+
     device = use_device(cfg.device, cfg.threads)
     progress.start(len(records) * len(cfg.splits))
     rows = []
-    for run in records:
-        rows += _measure(cfg, run, device, progress.advance)
+    with sharing():  # runs on one dataset build (and fingerprint) it once
+        for run in records:
+            rows += _measure(cfg, run, device, progress.advance)
     metadata = {
         "format": "kdcli-collapse", "format_version": COLLAPSE_FORMAT_VERSION,
         "runs": [{"run_id": r["run_id"], "dir": r["dir"], "stage": r.get("stage"),
@@ -102,6 +105,10 @@ def _measure(cfg: CollapseConfig, run: dict, device: torch.device, step) -> list
                               f"last layer reads {weight.shape[1]}; collapse needs the last layer to be a "
                               "Linear on the penultimate features")
         y = split.y[positions].numpy()
+        if np.unique(y).size < 2:
+            limit = f" (--max-samples {cfg.max_samples})" if cfg.max_samples else ""
+            raise DataError(f"{where}: the {name} split's samples{limit} hold one class; neural collapse "
+                            "compares classes, so it needs two or more")
         m = collapse(feats, y, weight, preds)
         rows.append({"run_id": run["run_id"], "run_dir": run["dir"], "split": name, **m,
                      "accuracy": float((preds == y).mean())})
@@ -141,7 +148,7 @@ def _split(run: dict, dataset, name: str, where: str):
 def _features(cfg, model, layer, task, split, positions, model_input, device, where, name):
     """Penultimate features [n, d] (float64) and the network's predictions [n]."""
     feats, preds = [], []
-    with LayerHooks(model, [layer], task, flag="RUN", label=where) as hooks, \
+    with LayerHooks(model, [layer], task, flag="RUN", label=where, keep_output=True) as hooks, \
             torch.inference_mode():
         for start in range(0, len(positions), cfg.batch_size):
             pos = positions[start:start + cfg.batch_size]

@@ -42,7 +42,10 @@ def resolve(cfg: TrainConfig) -> Resolved:
     dataset = None
     if teacher is not None and cfg.cross_dataset:
         dataset = cross_dataset(cfg, teacher)
-        cfg = cfg.replace(dataset=dataset.name, model=cfg.model or teacher.model_name)
+        # the full arguments (the teacher's, changed): a rerun after the teacher's pool changed
+        # is compared with what this run was made with
+        cfg = cfg.replace(dataset=dataset.name, dataset_args=dataset.args, data_dir=dataset.data_dir,
+                          model=cfg.model or teacher.model_name)
         if cfg.model == teacher.model_name and not cfg.model_args:
             cfg = cfg.replace(model_args={k: v for k, v in teacher.model_args.items()
                                           if k not in ("num_classes", "input_shape")})
@@ -73,19 +76,30 @@ def resolve(cfg: TrainConfig) -> Resolved:
 def cross_dataset(cfg: TrainConfig, teacher: TeacherSource) -> Dataset:
     """The student's dataset under --cross-dataset (no data read): another dataset than the
     teacher's, with the teacher's classes and input shape. Of the teacher's dataset name,
-    --dataset-arg changes the teacher's arguments (corr_noise=0.5: the teacher's data, noisier)."""
+    --dataset-arg changes the teacher's arguments (corr_noise=0.5: the teacher's data, noisier)
+    and --data-dir its folder (a copy of another distribution in the same format); prepare()
+    checks the data are not the teacher's by fingerprint."""
     tdata = teacher.dataset
     name = cfg.dataset or tdata["name"]
-    args = {**tdata["args"], **cfg.dataset_args} if name == tdata["name"] else cfg.dataset_args
-    dataset = build_dataset(name, args, cfg.data_dir)
-    if dataset.name == tdata["name"] and dataset.args == tdata["args"]:
-        raise ConfigError(f"--cross-dataset: --dataset and --dataset-arg give the teacher's own dataset "
-                          f"({tdata['name']} {tdata['args']}); name the other one, or drop --cross-dataset")
+    same_name = name == tdata["name"]
+    args = {**tdata["args"], **cfg.dataset_args} if same_name else dict(cfg.dataset_args)
+    data_dir = cfg.data_dir or (tdata.get("data_dir") if same_name else None)
+    dataset = build_dataset(name, args, data_dir)
+    if same_name and dataset.args == tdata["args"] and _same_folder(data_dir, tdata.get("data_dir")):
+        where = f" in {data_dir}" if data_dir else ""
+        raise ConfigError(f"--cross-dataset: --dataset, --dataset-arg and --data-dir give the teacher's own dataset "
+                          f"({tdata['name']} {tdata['args']}{where}); name the other one, or drop --cross-dataset")
     if dataset.num_classes != tdata["num_classes"] or list(dataset.input_shape) != list(tdata["input_shape"]):
         raise ConfigError(f"--cross-dataset: dataset {dataset.name!r} has {dataset.num_classes} classes of "
                           f"shape {list(dataset.input_shape)}, the teacher's ({teacher.where}) "
                           f"{tdata['num_classes']} of shape {list(tdata['input_shape'])}; they must match")
     return dataset
+
+
+def _same_folder(a: str | None, b: str | None) -> bool:
+    import os
+
+    return (a is None and b is None) or (a is not None and b is not None and os.path.realpath(a) == os.path.realpath(b))
 
 
 @dataclass
@@ -131,6 +145,9 @@ def prepare(r: Resolved) -> Prepared:
     cfg, teacher = r.cfg, r.teacher
     if r.dataset is not None:  # no teacher, or --cross-dataset
         dataset = r.dataset
+        if cfg.cross_dataset and dataset.fingerprint == teacher.dataset["fingerprint"]:
+            raise ConfigError(f"--cross-dataset: the data at {dataset.data_dir or 'the generator'} are the "
+                              f"teacher's own (the same fingerprint); name another dataset, or drop --cross-dataset")
     else:
         dataset = dataset_from_description(teacher.dataset, cfg.data_dir, teacher.where)
         stored = teacher.logits_meta["num_classes"] if teacher.logits_meta else teacher.dataset["num_classes"]

@@ -184,7 +184,7 @@ def read_files(paths: list[str], reader, what: str) -> tuple[list[tuple[list[dic
 
 
 def cka_rows(files: list[tuple[list[dict], dict]], runs: dict[str, dict], pairs: list[Pair]) -> list[dict]:
-    """Mean CKA with the teacher per (arm, estimator, κ), from the CKA files (read_cka_files)
+    """Mean CKA with the teacher per (arm, estimator, κ), from the CKA files (read_files)
     linking teacher and a student of `pairs`."""
     labels_ids = {p.labels["run_id"] for p in pairs}
     arm_of = {p.run["run_id"]: p.arm for p in pairs} | {i: "labels" for i in labels_ids}
@@ -225,7 +225,7 @@ def run(cfg: ReportConfig) -> ReportResult:
     from kdcli.io.collapse import read_collapse
 
     cka_files, damaged_cka = read_files(found.cka_files, read_cka, "CKA file")
-    nc_files, damaged_nc = read_files(found.collapse_files, read_collapse, "collapse file")
+    nc_files, damaged_nc = read_files(sorted(found.collapse_files), read_collapse, "collapse file")
     by_kind: dict[str, list[Pair]] = defaultdict(list)
     for p in pairing.pairs:
         by_kind[task_kind(p)].append(p)
@@ -381,7 +381,7 @@ def with_peaks(stars: list[dict], rows: list[dict], groups, group_by: tuple[str,
 
 def collapse_table(part: KindReport, split: str) -> tuple[list[str], list[list[str]]]:
     """Neural collapse vs κ on one split: per NC measure arm/labels and Δ = arm − labels with its
-    95% t-interval over pairs; the teacher's value in the last column pair."""
+    95% t-interval over pairs (the teacher's values are in collapse.csv and the plot)."""
     names = (("nc1", "NC1", ".3g"), ("nc2_etf", "NC2 ETF", ".3f"), ("nc3", "NC3", ".3f"), ("nc4", "NC4", ".3f"))
     cols = ["arm", "model", *part.group_by, "κ", "pairs"]
     for _, label, _ in names:

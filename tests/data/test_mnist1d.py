@@ -292,3 +292,14 @@ def test_bad_shift_arguments_are_named(arg, value):
 
     with pytest.raises(ConfigError, match=arg):
         build_dataset("mnist1d", {"n_train": 200, "n_test": 100, arg: value})
+
+
+def test_shift_values_that_differ_beyond_six_digits_are_cached_apart(tmp_path, monkeypatch):
+    from kdcli.data import build_dataset
+
+    monkeypatch.setenv("KDCLI_CACHE_DIR", str(tmp_path))
+    a = build_dataset("mnist1d", {"n_train": 200, "n_test": 100, "corr_noise": 0.3})
+    b = build_dataset("mnist1d", {"n_train": 200, "n_test": 100, "corr_noise": 0.3000004})
+    x, _ = gen.generate(42, "train", 0, 200, corr_noise=0.3000004)
+    assert np.array_equal(b.train().x.squeeze(1).numpy(), x)
+    assert not torch.equal(a.train().x, b.train().x)
