@@ -162,3 +162,21 @@ def test_vit_attention_is_bidirectional():
 def test_vit_bad_arguments_are_named(args, match):
     with pytest.raises(ConfigError, match=match):
         build_model("vit", **resolve_model_args("vit", NUM_CLASSES, (1, 40), args))
+
+
+def test_vit_trains_on_images_and_signals(tmp_path):
+    """The transformer student in a real run: a teacher-free label run on tiny RGB images
+    (the CIFAR layout) and on MNIST-1D, through the registry and a checkpoint reload."""
+    from kdcli.io.checkpoint import load_model
+    from kdcli.stages import train
+    from tests.conftest import tiny_config
+    from tests.test_training import write_image_parquet
+
+    images = write_image_parquet(tmp_path / "images")
+    for name, kw in (("img", dict(dataset="parquet-images", dataset_args={}, data_dir=str(images), batch_size=16)),
+                     ("sig", {})):
+        res = train.run(tiny_config(tmp_path / name, model="vit", model_args={"dim": 8, "depth": 1, "heads": 2}, **kw))
+        run = json.loads((res.run_dir / "run.json").read_text())
+        assert run["model"]["name"] == "vit" and 0 <= run["final"]["test_acc"] <= 1
+        model, _ = load_model(res.run_dir / "model.safetensors")
+        assert model.features.pos.shape[1] == (4 if name == "img" else 10)  # 8×8 / 4×4 patches; 40 / 4
