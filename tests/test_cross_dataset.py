@@ -80,8 +80,10 @@ def test_the_teacher_runs_on_the_students_data(teacher_run, cross_pair):
     student, _ = load_model(kd_dir / "model.safetensors")
     with torch.no_grad():
         t, s = teacher.eval()(x).numpy(), student.eval()(x).numpy()
+    y = build_dataset("mnist1d", {**TINY_MNIST1D, **SHIFT}).test().y.numpy()
     rows = pq.read_table(kd_dir / "metrics.parquet").to_pylist()
     assert rows[-1]["teacher_agreement"] == pytest.approx(float(np.mean(t.argmax(1) == s.argmax(1))), abs=1e-9)
+    assert rows[-1]["teacher_acc"] == pytest.approx(float(np.mean(t.argmax(1) == y)), abs=1e-9)
 
 
 def test_report_pairs_cross_runs_and_checks_the_link(teacher_run, cross_pair, tmp_path):
@@ -89,6 +91,11 @@ def test_report_pairs_cross_runs_and_checks_the_link(teacher_run, cross_pair, tm
     res = report.run(report.ReportConfig(root=str(root)))
     (row,) = res.rows
     assert row["arm"] == "kd τ=2 α=1 online cross-dataset" and row["pairs"] == 1
+    # the teacher's accuracy where the students are, not on its own data
+    final = json.loads((kd_dir / "run.json").read_text())["final"]
+    assert row["teacher_metric"] == pytest.approx(100 * final["teacher_acc"])
+    own = json.loads((teacher_run / "run.json").read_text())["final"]["test_acc"]
+    assert final["teacher_acc"] != own
     # a run.json edited to hide the cross-dataset choice is damaged, not counted
     tree = tmp_path / "tree"
     shutil.copytree(root, tree)

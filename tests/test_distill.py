@@ -121,6 +121,7 @@ def test_fidelity_columns_match_an_independent_computation(teacher_run, logits_f
         ls -= np.log(np.exp(ls).sum(1, keepdims=True))
         kl = np.mean((np.exp(lt) * (lt - ls)).sum(1))
         assert rows[-1]["teacher_agreement"] == pytest.approx(agreement, abs=1e-9)
+        assert rows[-1]["teacher_acc"] == pytest.approx(np.mean(t.argmax(1) == data.test().y.numpy()), abs=1e-9)
         assert rows[-1]["teacher_kl"] == pytest.approx(kl, rel=1e-4)
 
 

@@ -145,7 +145,7 @@ def pi_rows(pairs: list[Pair], teacher_metric: dict[str, float], group_by: tuple
             "arm_metric": nanmean([primary(p.run) for p in members]),
             "labels_metric": nanmean([primary(p.labels) for p in members]),
             "pi": pi, "pi_lo": lo, "pi_hi": hi, "ci": "bootstrap" if bootstrap else "t",
-            "teacher_metric": teacher_metric.get(teacher, math.nan),
+            "teacher_metric": teacher_value(members, task, teacher_metric.get(teacher, math.nan)),
             "arm_agreement": 100 * nanmean([final_metric(p.run, "teacher_agreement") for p in members]),
             "labels_agreement": 100 * nanmean([final_metric(p.labels, "teacher_agreement") for p in members]),
             "arm_kl": nanmean([final_metric(p.run, "teacher_kl") for p in members]),
@@ -156,6 +156,17 @@ def pi_rows(pairs: list[Pair], teacher_metric: dict[str, float], group_by: tuple
             row.update(sequence_columns(members, interval))
         rows.append(row)
     return rows
+
+
+def teacher_value(members: list[Pair], task: Task, own: float) -> float:
+    """The teacher's primary metric as the row should show it: on its own test split (`own`,
+    from its run), except for --cross-dataset classification rows, where it is the teacher's
+    accuracy on the students' test split (their runs' `teacher_acc`; NaN for runs made before
+    kdcli recorded it). A language model's primary metric is its loss, which the students' runs
+    do not record for the teacher: those rows keep `own`."""
+    if not members[0].run["config"].get("cross_dataset") or task.primary != "test_acc":
+        return own
+    return task.display(nanmean([final_metric(r, "teacher_acc") for p in members for r in (p.run, p.labels)]))
 
 
 def sequence_columns(members: list[Pair], interval) -> dict:

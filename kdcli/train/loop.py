@@ -70,7 +70,9 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
     """The task's test metrics (mean over rows), and fidelity to the teacher when there is one.
 
     Keeps running float64 sums, batch by batch: memory does not grow with the split.
-    teacher_agreement: top-1 agreement; teacher_kl: KL(softmax(t) ‖ softmax(s)) at τ = 1, nats.
+    teacher_agreement: top-1 agreement; teacher_kl: KL(softmax(t) ‖ softmax(s)) at τ = 1, nats;
+    teacher_acc: the teacher's own top-1 accuracy on these rows (under --cross-dataset, the
+    teacher's accuracy on the student's data).
     Sequence tasks add test_ppl = exp(test_loss) and, given the bytes each token stands for,
     test_bpb = Σ loss / (ln 2 · Σ bytes of the target tokens): bits per byte of the evaluated
     text, comparable across tokenizers.
@@ -78,7 +80,7 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
     was_training = model.training
     model.eval()
     zero = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
-    sums = {name: zero() for name in (*task.metrics, "agreement", "kl", "bytes")}
+    sums = {name: zero() for name in (*task.metrics, "agreement", "kl", "bytes", "teacher_acc")}
     rows = 0
     batch_size = inference_batch(batch_size, split, task)
     for start in range(0, len(split), batch_size):
@@ -98,6 +100,7 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
             sums["bytes"] += token_bytes.to(device)[y].double().sum()
         if t is not None:
             sums["agreement"] += (s.argmax(-1) == t.argmax(-1)).double().sum()
+            sums["teacher_acc"] += (t.argmax(-1) == y).double().sum()
             step = max(1, KL_BLOCK_ELEMENTS // s.shape[-1])  # float64 temporaries stay small
             for i in range(0, len(s), step):
                 sums["kl"] += kd_rows(s[i:i + step].double(), t[i:i + step].double(), 1.0).sum()
@@ -111,6 +114,7 @@ def evaluate(model: torch.nn.Module, split: Split, task: Task, model_input: Call
     if teacher is not None:
         out["teacher_agreement"] = sums["agreement"].item() / rows
         out["teacher_kl"] = sums["kl"].item() / rows
+        out["teacher_acc"] = sums["teacher_acc"].item() / rows
     return out
 
 
