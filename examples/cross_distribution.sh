@@ -7,7 +7,7 @@
 # each next to label-trained twins on the shifted data, over the κ grid. The report gives PI
 # and κ* per teacher.
 #
-#   bash examples/cross_distribution.sh     # about 6 minutes on 2 CPU cores
+#   bash examples/cross_distribution.sh     # about 3 minutes on 2 CPU cores
 #
 # Settings as kappa_sweep.sh (examples/_common.sh), plus SHIFT (comma-separated KEY=VALUE).
 OUT=${OUT:-runs/cross_distribution}

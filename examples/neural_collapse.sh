@@ -5,7 +5,7 @@
 # Shares OUT with kappa_sweep.sh and cka_alignment.sh (their runs and CKA files are reused);
 # the report adds the collapse tables and collapse_vs_kappa.png.
 #
-#   bash examples/neural_collapse.sh        # about 5 minutes on 2 CPU cores (after make demo: 2)
+#   bash examples/neural_collapse.sh        # about 2.5 minutes on 2 CPU cores (the main job's runs included)
 source "$(dirname "$0")/_common.sh"
 
 bash "$(dirname "$0")/cka_alignment.sh"  # teacher, students and CKA files (completed ones skipped)

@@ -5,7 +5,7 @@
 # The report's κ* table gains each student's parameter count, and kappa_star_vs_student.png
 # plots κ* and peak PI against it.
 #
-#   bash examples/student_capacity.sh       # about 15 minutes on 2 CPU cores
+#   bash examples/student_capacity.sh       # about 8.5 minutes on 2 CPU cores
 #
 # Settings as kappa_sweep.sh (examples/_common.sh), plus STUDENTS: MODEL:ARG=V,ARG=V entries.
 OUT=${OUT:-runs/student_capacity}

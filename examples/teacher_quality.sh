@@ -5,7 +5,7 @@
 # each teacher's accuracy and the arm's peak PI, and plots κ* and peak PI against teacher
 # accuracy (kappa_star_vs_teacher.png).
 #
-#   bash examples/teacher_quality.sh        # about 10 minutes on 2 CPU cores
+#   bash examples/teacher_quality.sh        # about 6 minutes on 2 CPU cores
 #
 # Settings as kappa_sweep.sh (examples/_common.sh), plus TEACHER_EPOCHS_LIST.
 OUT=${OUT:-runs/teacher_quality}
