@@ -18,6 +18,16 @@ from kdcli.train.device import choose_threads
 from kdcli.train.signals import StopOnSignal
 from tests.conftest import InterruptAt, Interrupted, same_weights, tiny_config
 
+
+@pytest.fixture(autouse=True)
+def _sigint_raises():
+    """Python's own SIGINT handler during each test: a shell that starts pytest in the
+    background (`cmd &` without job control, nohup) passes SIGINT on as ignored, and the tests
+    that expect Ctrl-C's KeyboardInterrupt would then see nothing."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 USABLE = len(os.sched_getaffinity(0))
 
