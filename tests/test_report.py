@@ -467,3 +467,16 @@ def test_students_of_one_name_but_other_sizes_never_share_a_row(tmp_path):
     rows = report.run(report.ReportConfig(root=str(tmp_path), plots=False)).rows
     assert sorted(r["model"] for r in rows) == ["cnn1d channels=32", "cnn1d channels=8"]
     assert all(r["pairs"] == 2 and r["pi"] == pytest.approx(10.0) for r in rows)
+
+
+def test_curves_of_several_teachers_are_apart():
+    """Rows of one arm and model but two teachers (teacher_quality.sh) are two curves, named
+    by teacher; one teacher keeps the plain arm name."""
+    from kdcli.report.plots import _lines
+
+    rows = [{"arm": "kd τ=4 α=1", "model": "cnn1d", "teacher": t, "teacher_metric": m, "kappa": k}
+            for t, m in (("aaaaaaaa1", 90.0), ("bbbbbbbb2", 60.0)) for k in (0.1, 1.0)]
+    lines = _lines(rows)
+    assert set(lines) == {"kd τ=4 α=1, teacher aaaaaa (90)", "kd τ=4 α=1, teacher bbbbbb (60)"}
+    assert all([r["kappa"] for r in line] == [0.1, 1.0] for line in lines.values())
+    assert set(_lines(rows[:2])) == {"kd τ=4 α=1"}

@@ -25,16 +25,23 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _label(row: dict, models: set) -> str:
-    """A curve's name: its arm, prefixed by the model when several are plotted."""
-    return row["arm"] if len(models) == 1 else f"{row['model']}: {row['arm']}"
+def _label(row: dict, models: set, teachers: set = frozenset()) -> str:
+    """A curve's name: its arm, prefixed by the model when several are plotted, followed by the
+    teacher (id and primary metric) when several are."""
+    name = row["arm"] if len(models) == 1 else f"{row['model']}: {row['arm']}"
+    if len(teachers) > 1:
+        metric = row.get("teacher_metric")
+        shown = "" if metric is None or math.isnan(metric) else f" ({metric:.4g})"
+        name += f", teacher {str(row.get('teacher'))[:6]}{shown}"
+    return name
 
 
 def _lines(rows: list[dict]) -> dict[str, list[dict]]:
     models = {r["model"] for r in rows}
+    teachers = {r.get("teacher") for r in rows}
     lines = defaultdict(list)
     for r in rows:
-        lines[_label(r, models)].append(r)
+        lines[_label(r, models, teachers)].append(r)
     return {k: sorted(v, key=lambda r: r["kappa"]) for k, v in lines.items()}
 
 
@@ -100,10 +107,11 @@ def pi_vs_kappa(rows: list[dict], path: Path, kappa_star: list[dict] = ()) -> Pa
     show_bands = _curves(ax, _one_kind(rows), "pi", lone_bars=is_lm(rows[0]))
     colors = {line.get_label(): line.get_color() for line in ax.get_lines()}
     models = {r["model"] for r in rows}
+    teachers = {r.get("teacher") for r in rows}
     for k in kappa_star:
         if k["kappa_star"] is None:
             continue
-        label = _label(k, models)
+        label = _label(k, models, teachers)
         grid = [float(g) for g in k["kappas"].split()]
         edge = {"below the grid": grid[0], "not reached": grid[-1]}  # a bound off the grid: its edge
         lo = k["kappa_star_lo"] if k["lo_status"] == "crossed" else edge.get(k["lo_status"])
@@ -172,12 +180,21 @@ def accuracy_vs_kappa(rows: list[dict], path: Path) -> Path:
     twins: dict[tuple, dict[float, float]] = {}
     for r in rows:
         twins.setdefault((r["model"], r["teacher"]), {})[r["kappa"]] = r["labels_metric"]
+    drawn, named = set(), set()  # label twins of several teachers are often the same runs' metrics
+    models = {model for model, _ in twins}
     for i, ((model, _), by_kappa) in enumerate(sorted(twins.items())):
         k = sorted(by_kappa)
+        if (model, tuple(by_kappa[x] for x in k)) in drawn:
+            continue
+        drawn.add((model, tuple(by_kappa[x] for x in k)))
+        label = "labels" if len(models) == 1 else f"{model}: labels"
         ax.plot(k, [by_kappa[x] for x in k], marker="s", ls="--", color="gray", alpha=1 - 0.4 * (i % 2),
-                label="labels" if len(twins) == 1 else f"{model}: labels")
-    for teacher in {r["teacher_metric"] for r in rows if not math.isnan(r["teacher_metric"])}:
-        ax.axhline(teacher, color="black", ls=":", lw=1, label="teacher")
+                label=label if label not in named else "_nolegend_")
+        named.add(label)
+    teachers = sorted({r["teacher_metric"] for r in rows if not math.isnan(r["teacher_metric"])})
+    for i, teacher in enumerate(teachers):
+        ax.axhline(teacher, color="black", ls=":", lw=1,
+                   label=("teacher" if len(teachers) == 1 else "teachers") if i == 0 else "_nolegend_")
     ax.set_xscale("log")
     ax.set_xlabel("κ")
     metric = rows[0]["metric"]
