@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdcli.errors import ArtifactError
-from kdcli.io.meta import decode
+from kdcli.io.tables import read_rows, write_rows
 
 COLLAPSE_FORMAT_VERSION = "1"
 COLUMNS = {  # name: (Arrow type name, meaning) — documented in the README
@@ -26,30 +25,9 @@ COLUMNS = {  # name: (Arrow type name, meaning) — documented in the README
 
 
 def write_collapse(path: str | Path, rows: list[dict], metadata: dict) -> None:
-    import pyarrow as pa
-
-    from kdcli.io.tables import write_table
-
-    types = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64()}
-    columns = {k: pa.array([r[k] for r in rows], type=types[t]) for k, (t, _) in COLUMNS.items()}
-    write_table(path, columns, metadata)
+    write_rows(path, rows, COLUMNS, metadata)
 
 
 def read_collapse(path: str | Path, flag: str = "--out") -> tuple[list[dict], dict]:
     """Rows and (JSON-decoded) metadata of a collapse file; anything else raises ArtifactError."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path, page_checksum_verification=True)
-    except Exception as exc:  # pyarrow raises several types for what is not Parquet
-        raise ArtifactError(f"{flag} {path}: not a readable Parquet file ({exc})") from None
-    meta = decode(table.schema.metadata or {})
-    if meta.get("format") != "kdcli-collapse":
-        raise ArtifactError(f"{flag} {path}: not a kdcli collapse file")
-    if str(meta.get("format_version")) != COLLAPSE_FORMAT_VERSION:
-        raise ArtifactError(f"{flag} {path}: collapse format version {meta.get('format_version')}, "
-                            f"this kdcli reads version {COLLAPSE_FORMAT_VERSION}")
-    missing = sorted(set(COLUMNS) - set(table.column_names))
-    if missing:
-        raise ArtifactError(f"{flag} {path}: lacks the columns {', '.join(missing)}")
-    return table.to_pylist(), meta
+    return read_rows(path, flag, "kdcli-collapse", COLLAPSE_FORMAT_VERSION, "collapse", COLUMNS)

@@ -248,16 +248,21 @@ def fidelity_vs_pi(points: list[tuple[float, float, float]], path: Path, pi_name
     return _save(fig, path)
 
 
-def cka_vs_kappa(rows: list[dict], path: Path, lm: bool = False) -> Path:
-    """rows: {"arm", "estimator", "kappa", "cka"} means, all of one task kind."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+def _cka_curves(ax, rows: list[dict]) -> None:
+    """Mean CKA with the teacher vs κ, one curve per arm and estimator."""
     lines = defaultdict(list)
     for r in rows:
         lines[f"{r['arm']} ({r['estimator']})"].append((r["kappa"], r["cka"]))
     for label, pts in sorted(lines.items()):
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+
+
+def cka_vs_kappa(rows: list[dict], path: Path, lm: bool = False) -> Path:
+    """rows: {"arm", "estimator", "kappa", "cka"} means, all of one task kind."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    _cka_curves(ax, rows)
     ax.set_xscale("log")
     ax.set_xlabel("κ")
     ax.set_ylabel("CKA with the teacher")
@@ -334,12 +339,7 @@ def collapse_vs_kappa(rows: list[dict], path: Path, cka_rows: list[dict] = ()) -
         _one_kappa_axis(ax, rows)
     if cka_rows:
         ax = axes[-1]
-        cka = defaultdict(list)
-        for r in cka_rows:
-            cka[f"{r['arm']} ({r['estimator']})"].append((r["kappa"], r["cka"]))
-        for label, pts in sorted(cka.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        _cka_curves(ax, cka_rows)
         ax.set_xscale("log")
         ax.set_title("CKA with the teacher", fontsize=10)
         ax.set_xlabel("κ")

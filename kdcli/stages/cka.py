@@ -24,6 +24,7 @@ from kdcli.io import runs
 from kdcli.io.cka import CKA_FORMAT_VERSION, COLUMNS, read_cka, write_cka
 from kdcli.io.hashing import sha256_array
 from kdcli.io.provenance import now_iso, provenance
+from kdcli.io.tables import kept_output
 from kdcli.metrics import cka as M
 from kdcli.metrics.bootstrap import CONFIDENCE, basic_interval
 from kdcli.models.layers import Layer, LayerHooks, list_layers, resolve_layers
@@ -316,16 +317,9 @@ def _metadata(cfg: CKAConfig, settings: dict, run_a: dict, run_b: dict, dataset,
 def _previous_result(cfg: CKAConfig, settings: dict) -> CKAResult | None:
     """An existing --out computed with the same runs and settings is kept (a re-run array task);
     anything else there is refused unless --overwrite."""
-    out = Path(cfg.out)
-    if not out.exists() or cfg.overwrite:
+    kept = kept_output(cfg.out, cfg.overwrite, settings, read_cka, "CKA", "CKA")
+    if kept is None:
         return None
-    try:
-        rows, meta = read_cka(out)
-    except ArtifactError:
-        raise ArtifactError(f"--out {out}: exists and is not a kdcli CKA file; choose another name "
-                            "or pass --overwrite") from None
-    if meta.get("settings") != settings:
-        raise ArtifactError(f"--out {out}: holds CKA of other runs or other settings; pass "
-                            "--overwrite to replace it")
-    return CKAResult(out, True, rows, list(dict.fromkeys(r["layer_a"] for r in rows)),
+    rows, meta = kept
+    return CKAResult(Path(cfg.out), True, rows, list(dict.fromkeys(r["layer_a"] for r in rows)),
                      list(dict.fromkeys(r["layer_b"] for r in rows)), meta)

@@ -22,6 +22,7 @@ from kdcli.errors import ArtifactError, ConfigError, DataError
 from kdcli.io import runs
 from kdcli.io.collapse import COLLAPSE_FORMAT_VERSION, COLUMNS, read_collapse, write_collapse
 from kdcli.io.provenance import now_iso, provenance
+from kdcli.io.tables import kept_output
 from kdcli.metrics.collapse import collapse
 from kdcli.models.layers import LayerHooks, default_layer
 from kdcli.progress import Progress
@@ -164,15 +165,5 @@ def _features(cfg, model, layer, task, split, positions, model_input, device, wh
 def _previous_result(cfg: CollapseConfig, settings: dict) -> CollapseResult | None:
     """An existing --out computed from the same runs and settings is kept (a re-run array task);
     anything else there is refused unless --overwrite."""
-    out = Path(cfg.out)
-    if not out.exists() or cfg.overwrite:
-        return None
-    try:
-        rows, meta = read_collapse(out)
-    except ArtifactError:
-        raise ArtifactError(f"--out {out}: exists and is not a kdcli collapse file; choose another name "
-                            "or pass --overwrite") from None
-    if meta.get("settings") != settings:
-        raise ArtifactError(f"--out {out}: holds the collapse of other runs or other settings; pass "
-                            "--overwrite to replace it")
-    return CollapseResult(out, True, rows, meta)
+    kept = kept_output(cfg.out, cfg.overwrite, settings, read_collapse, "collapse", "the collapse")
+    return None if kept is None else CollapseResult(Path(cfg.out), True, *kept)
