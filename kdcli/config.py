@@ -55,6 +55,22 @@ def setting(default=None, help: str = "", role: str = "run", *, flag: str | None
     return field(default=default, metadata=meta)
 
 
+def data_dir_setting():
+    """--data-dir, as every command that reads a dataset declares it."""
+    return setting(None, "Folder holding the dataset's files (never downloaded).", "run")
+
+
+def device_setting():
+    """--device, as every command that runs a model declares it."""
+    return setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", "run")
+
+
+def threads_setting(note: str = ""):
+    """--threads; `note` is added to the help in parentheses."""
+    return setting(None, "CPU threads; default what slurm gave the task ($SLURM_CPUS_PER_TASK, else "
+                         f"$SLURM_CPUS_ON_NODE), else 1{f' ({note})' if note else ''}.", "run")
+
+
 def need(cond: bool, flag: str, what: str, value) -> None:
     """Config validation: `flag value: expected what` when cond does not hold."""
     if not cond:
@@ -111,7 +127,7 @@ class TrainConfig:
     dataset_args: dict = setting(
         help="Dataset argument KEY=VALUE (repeatable), e.g. n_train=40000.", role="input",
         flag="--dataset-arg", factory=dict)
-    data_dir: str | None = setting(None, "Folder holding the dataset's files (never downloaded).", "run")
+    data_dir: str | None = data_dir_setting()
     model: str | None = setting(
         None, "Model: mlp, cnn1d (default), cnn, resnet20, resnet56, resnet_cifar, test_*, or "
               "tv:NAME (torchvision). A student takes its teacher's by default.", "input")
@@ -172,11 +188,10 @@ class TrainConfig:
         "10m", "Save the resumable checkpoint every N steps, or every N minutes with an m suffix; "
                "0: never.", "run")
     eval_batch_size: int = setting(2048, "Evaluation batch size.", "run")
-    device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", "run")
-    threads: int | None = setting(
-        None, "CPU threads; default what slurm gave the task ($SLURM_CPUS_PER_TASK, else "
-              "$SLURM_CPUS_ON_NODE), else 1 (more threads can be several times slower on shared "
-              "cores; a large model on an idle machine gains from more).", "run")
+    device: str = device_setting()
+    threads: int | None = threads_setting(
+        "more threads can be several times slower on shared cores; a large model on an idle machine "
+        "gains from more")
     overwrite: bool = setting(False, "Redo a completed or interrupted run.", "run", flag="--overwrite")
     resume: bool = setting(False, "Continue an interrupted run from its last checkpoint.", "run",
                            flag="--resume")
@@ -278,9 +293,9 @@ class DumpConfig:
         None, "Store only the K largest logits, their ids and the row's log-sum-exp.", "training")
     extra_train: int = setting(
         0, "Also dump N fresh train samples after the pool (for students with κ > 1).", "training")
-    data_dir: str | None = setting(None, "Folder holding the dataset's files (never downloaded).", "run")
+    data_dir: str | None = data_dir_setting()
     batch_size: int = setting(2048, "Inference batch size.", "run")
-    device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", "run")
+    device: str = device_setting()
     overwrite: bool = setting(False, "Replace an existing file.", "run", flag="--overwrite")
 
     def __post_init__(self):
@@ -323,11 +338,9 @@ class CKAConfig:
         0, "Resamples for a 95% basic bootstrap CI (over samples; over batches for minibatch). "
            "0: none.", "training")
     seed: int = setting(0, "Seed of the sample order and of the bootstrap.", "training")
-    data_dir: str | None = setting(None, "Folder holding the dataset's files (never downloaded).", "run")
-    device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", "run")
-    threads: int | None = setting(
-        None, "CPU threads; default what slurm gave the task ($SLURM_CPUS_PER_TASK, else "
-              "$SLURM_CPUS_ON_NODE), else 1.", "run")
+    data_dir: str | None = data_dir_setting()
+    device: str = device_setting()
+    threads: int | None = threads_setting()
     overwrite: bool = setting(False, "Replace an existing --out.", "run", flag="--overwrite")
 
     def __post_init__(self):
@@ -380,11 +393,9 @@ class CollapseConfig:
         None, "Use a seeded random subset of this many samples of each split (default: all).", "training")
     seed: int = setting(0, "Seed of the --max-samples draw.", "training")
     batch_size: int = setting(1024, "Inference batch size.", "run")
-    data_dir: str | None = setting(None, "Folder holding the dataset's files (never downloaded).", "run")
-    device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", "run")
-    threads: int | None = setting(
-        None, "CPU threads; default what slurm gave the task ($SLURM_CPUS_PER_TASK, else "
-              "$SLURM_CPUS_ON_NODE), else 1.", "run")
+    data_dir: str | None = data_dir_setting()
+    device: str = device_setting()
+    threads: int | None = threads_setting()
     overwrite: bool = setting(False, "Replace an existing --out.", "run", flag="--overwrite")
 
     def __post_init__(self):

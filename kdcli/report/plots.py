@@ -87,6 +87,16 @@ def _curves(ax, rows: list[dict], key: str, colors: dict[str, str] | None = None
     return show_bands
 
 
+def _arm_and_twins(ax, lines: dict[str, list[dict]], key: str, cycle: list[str], twins: str) -> None:
+    """Each line's arm_KEY solid with circles and labels_KEY dashed with squares, one colour per line."""
+    for i, (label, line) in enumerate(lines.items()):
+        k = [r["kappa"] for r in line]
+        color = cycle[i % len(cycle)]
+        ax.plot(k, [r[f"arm_{key}"] for r in line], marker="o", color=color, label=label)
+        ax.plot(k, [r[f"labels_{key}"] for r in line], marker="s", linestyle="--", color=color,
+                label=f"{label}: {twins}")
+
+
 def _one_kappa_axis(ax, rows: list[dict]) -> None:
     """Where every row has the same κ: a decade around it, not a degenerate log axis."""
     kappas = {r["kappa"] for r in rows}
@@ -285,12 +295,7 @@ def bias_variance_vs_kappa(rows: list[dict], path: Path, lm: bool = False) -> Pa
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lines = _lines(rows)
     for ax, (term, ylabel) in zip(axes.flat, panels):
-        for i, (label, line) in enumerate(lines.items()):
-            k = [r["kappa"] for r in line]
-            color = cycle[i % len(cycle)]
-            ax.plot(k, [r[f"arm_{term}"] for r in line], marker="o", color=color, label=label)
-            ax.plot(k, [r[f"labels_{term}"] for r in line], marker="s", linestyle="--", color=color,
-                    label=f"{label}: its label twins")
+        _arm_and_twins(ax, lines, term, cycle, "its label twins")
         ax.set_xscale("log")
         ax.set_ylabel(ylabel)
         _one_kappa_axis(ax, rows)
@@ -320,12 +325,7 @@ def collapse_vs_kappa(rows: list[dict], path: Path, cka_rows: list[dict] = ()) -
         for split in dict.fromkeys(r["split"] for r in line):
             lines[f"{label} ({split})"] = [r for r in line if r["split"] == split]
     for ax, (key, title, log) in zip(axes, COLLAPSE_PANELS):
-        for i, (label, line) in enumerate(lines.items()):
-            k = [r["kappa"] for r in line]
-            color = cycle[i % len(cycle)]
-            ax.plot(k, [r[f"arm_{key}"] for r in line], marker="o", color=color, label=label)
-            ax.plot(k, [r[f"labels_{key}"] for r in line], marker="s", linestyle="--", color=color,
-                    label=f"{label}: label twins")
+        _arm_and_twins(ax, lines, key, cycle, "label twins")
         if len({r["teacher"] for r in rows}) == 1:  # one teacher: its own value, where measured
             for split, style in zip(dict.fromkeys(r["split"] for r in rows), (":", "-.", (0, (1, 3)))):
                 value = next(r[f"teacher_{key}"] for r in rows if r["split"] == split)
